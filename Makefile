@@ -1,0 +1,30 @@
+# tpbench: `make bench` runs the default suite, `make test` passes the tests.
+# Both run `setup` first when it has not been done (or pyproject.toml / the setup script changed).
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.setup-done
+# A quick run by default; BENCH_ARGS adds options, e.g. make bench BENCH_ARGS="--trials 5"
+BENCH_ARGS ?=
+
+.PHONY: setup bench test test-unit clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+	touch $@
+
+bench: $(STAMP)
+	$(VENV)/bin/tpbench bench $(BENCH_ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+# Removes the venv and any leftovers of crashed runs (namespaces, veths); keeps results/.
+clean:
+	-@[ -x $(VENV)/bin/tpbench ] && [ "$$(id -u)" = 0 ] && $(VENV)/bin/tpbench cleanup || true
+	rm -rf $(VENV) build *.egg-info .pytest_cache .benchmarks
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

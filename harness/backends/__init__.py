@@ -1,0 +1,19 @@
+"""The backend registry: the CLI, the runner and the benchmark suite discover observers here."""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+from .base import Attachment, Availability, Backend, Observation
+from .none import NoneBackend
+
+BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (NoneBackend(),)}
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise UsageError(f"unknown backend {name!r} (valid: {', '.join(BACKENDS)})") from None
+
+
+__all__ = ["Attachment", "Availability", "BACKENDS", "Backend", "Observation", "get_backend"]

@@ -1,0 +1,31 @@
+"""`none`: no observer. The baseline every overhead is measured against, run like any backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from netns import Topology
+
+from ..kernel import KernelProbe
+from .base import Availability, Observation
+
+
+class _Nothing:
+    def detach(self) -> Observation:
+        return Observation()
+
+    def close(self) -> None:
+        pass
+
+
+class NoneBackend:
+    name = "none"
+    description = "no observer: the baseline every overhead is measured against"
+    hooks: tuple[str, ...] = ()
+    params = ()
+
+    def availability(self, probe: KernelProbe) -> Availability:
+        return Availability(True, "nothing to attach")
+
+    def attach(self, topology: Topology, params: dict[str, Any]) -> _Nothing:
+        return _Nothing()

@@ -1,0 +1,276 @@
+"""tpbench: the command line. Bad input gets one line on stderr and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import __version__, interrupts
+from .errors import Interrupted, UsageError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+EPILOG = """\
+examples:
+  tpbench kernel                                  what this kernel lets each backend do, and why not
+  tpbench run -b none -w churn -p connections=2000 --json
+  tpbench run -b none -w churn -p connections=5000,concurrency=4 --trials 5
+  tpbench bench                                   the default suite (what `make bench` runs)
+  tpbench list                                    backends, workloads and their parameters
+  tpbench cleanup                                 remove what a crashed run left behind
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an error is one line (no usage block) with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _comma_list(text: str) -> list[str]:
+    items = [part.strip() for part in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"empty name in {text!r}")
+    return items
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="tpbench",
+        description="Do tracepoints beat kprobes and libpcap for observing TCP on this kernel? "
+        "Runs TCP workloads between two network namespaces under each observer and records "
+        "overhead, fidelity and visibility against the kernel's own counters.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tpbench {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def add_run_options(sub: argparse.ArgumentParser, trials_default: int) -> None:
+        sub.add_argument("-n", "--trials", type=_positive_int, default=trials_default,
+                         help=f"trials per cell, interleaved across cells (default {trials_default})")
+        sub.add_argument("-o", "--out", type=Path, default=Path("results"),
+                         help="folder that receives <run-id>/run.json (default ./results)")
+        sub.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+        sub.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+
+    run = commands.add_parser(
+        "run",
+        help="run workloads under backends and record the trials",
+        epilog="examples:\n"
+        "  tpbench run -b none -w churn -p connections=2000 --json\n"
+        "  tpbench run -b none -w churn -p connections=20000,concurrency=4 -n 5 -o /tmp/results\n"
+        "parameters: `-p name=value` goes to every selected workload/backend declaring `name`;\n"
+        "`-p backend.name=value` to one only. `tpbench list` shows them all.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("-b", "--backend", type=_comma_list, default=["none"],
+                     help="comma list of backends (default: none, the no-observer baseline)")
+    run.add_argument("-w", "--workload", type=_comma_list, default=["churn"],
+                     help="comma list of workloads (default: churn)")
+    run.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="a parameter, repeatable or comma-separated")
+    add_run_options(run, trials_default=1)
+
+    bench = commands.add_parser(
+        "bench",
+        help="the default suite: every workload under every backend this kernel supports",
+        epilog="examples:\n  tpbench bench\n  tpbench bench -n 5 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_run_options(bench, trials_default=3)
+
+    kernel = commands.add_parser(
+        "kernel",
+        help="the capability probe: which hooks this kernel offers, and why not",
+        epilog="examples:\n  tpbench kernel\n  tpbench kernel --json | jq '.capabilities.kprobes'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    kernel.add_argument("--json", action="store_true", help="print the probe as JSON")
+
+    cleanup = commands.add_parser(
+        "cleanup",
+        help="remove leftovers of crashed runs (tpb-* namespaces and links, sysctls, tracefs mount)",
+        epilog="examples:\n  tpbench cleanup\n  tpbench cleanup --dry-run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cleanup.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+
+    listing = commands.add_parser("list", help="backends, workloads and their parameters")
+    listing.add_argument("--json", action="store_true")
+    return parser
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None
+    return lambda line: print(line, file=sys.stderr, flush=True)
+
+
+def _summary(record) -> dict[str, Any]:
+    data = record.data
+    return {
+        "run_id": data["run_id"],
+        "run_json": str(record.path),
+        "status": data["status"],
+        "kernel": data["kernel"]["release"],
+        "headers": {"kind": data["headers"]["kind"], "package_version": data["headers"]["package_version"]},
+        "cells": data["cells"],
+    }
+
+
+def _print_table(record) -> None:
+    print(f"run {record.data['run_id']} ({record.data['status']}), kernel {record.data['kernel']['release']}")
+    print(f"{'workload':<10} {'backend':<12} {'trials':>6} {'median rate':>16}  notes")
+    for cell in record.data["cells"]:
+        if not cell["available"]:
+            print(f"{cell['workload']:<10} {cell['backend']:<12} {'-':>6} {'-':>16}  unavailable: {cell['availability']}")
+            continue
+        ok = [t for t in cell["trials"] if t["status"] == "ok"]
+        failed = len(cell["trials"]) - len(ok)
+        rate = f"{statistics.median(t['operation_rate'] for t in ok):,.0f}/s" if ok else "-"
+        notes = f"{failed} failed" if failed else ""
+        lost = sum(t["observed"]["lost"] for t in ok)
+        if lost:
+            notes += f" {lost} events lost"
+        print(f"{cell['workload']:<10} {cell['backend']:<12} {len(ok):>6} {rate:>16}  {notes}")
+    print(f"record: {record.path}")
+
+
+def cmd_run(args: argparse.Namespace, workloads: list[str], backends: list[str], strict: bool) -> int:
+    from .params import parse_assignments
+    from .runner import execute, plan
+
+    cells = plan(workloads, backends, parse_assignments(args.param))
+    record = execute(cells, args.trials, args.out, progress=_progress(args.quiet), strict=strict)
+    if args.json:
+        json.dump(_summary(record), sys.stdout, indent=1)
+        print()
+    else:
+        _print_table(record)
+    failed = sum(t["status"] != "ok" for c in record.data["cells"] for t in c["trials"])
+    return 1 if failed else 0
+
+
+def cmd_kernel(args: argparse.Namespace) -> int:
+    from .kernel import probe
+
+    result = probe()
+    if args.json:
+        json.dump(result.to_dict(), sys.stdout, indent=1)
+        print()
+        return 0
+    print(f"kernel {result.release} ({result.machine})")
+    for name, cap in result.capabilities.items():
+        mark = "yes" if cap.available else "NO "
+        print(f"  {mark}  {name:<34} {cap.reason}")
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from netns import find_leftovers, remove_leftovers
+
+    from .system import STATE_DIR, require_root, restore_leftovers, run_lock
+
+    require_root("tpbench cleanup")
+    if args.dry_run:
+        found = find_leftovers()
+        state = sorted(p.name for p in STATE_DIR.glob("*") if p.name != "lock") if STATE_DIR.is_dir() else []
+        for kind, names in (*found.items(), ("state", state)):
+            for name in names:
+                print(f"would remove {kind[:-1] if kind.endswith('s') else kind} {name}")
+        if not any(found.values()) and not state:
+            print("nothing of tpbench's found")
+        return 0
+    with run_lock("cleanup"):  # never pull namespaces from under a live run
+        done = remove_leftovers() + restore_leftovers()
+    for line in done:
+        print(line)
+    if not done:
+        print("nothing of tpbench's found")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .backends import BACKENDS
+    from .workloads import WORKLOADS
+
+    if args.json:
+        data = {
+            kind: {
+                p.name: {"description": p.description, "params": {q.name: q.describe() for q in p.params}}
+                for p in plugins.values()
+            }
+            for kind, plugins in (("backends", BACKENDS), ("workloads", WORKLOADS))
+        }
+        json.dump(data, sys.stdout, indent=1)
+        print()
+        return 0
+    for kind, plugins in (("backends", BACKENDS), ("workloads", WORKLOADS)):
+        print(f"{kind}:")
+        for plugin in plugins.values():
+            print(f"  {plugin.name:<12} {plugin.description}")
+            for param in plugin.params:
+                print(f"      -p {param.describe()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    interrupts.install()
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        if args.command == "run":
+            return cmd_run(args, args.workload, args.backend, strict=True)
+        if args.command == "bench":
+            from .backends import BACKENDS
+            from .workloads import WORKLOADS
+
+            args.param = []  # the default suite: every workload with its default parameters
+            return cmd_run(args, list(WORKLOADS), list(BACKENDS), strict=False)
+        if args.command == "kernel":
+            return cmd_kernel(args)
+        if args.command == "cleanup":
+            return cmd_cleanup(args)
+        if args.command == "list":
+            return cmd_list(args)
+        raise UsageError(f"unknown command {args.command!r}")
+    except UsageError as exc:
+        print(f"tpbench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Interrupted as exc:
+        print(f"tpbench: interrupted by {exc.signal_name}; finished trials are kept in run.json",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:  # a bug or an environment fault: one line, the traceback on request
+        if os.environ.get("TPBENCH_DEBUG"):
+            raise
+        print(f"tpbench: internal error: {type(exc).__name__}: {exc} (TPBENCH_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Counter snapshots: the kernel's per-namespace SNMP counters and system-wide CPU time.
+
+nstat's delta mode keeps one history file for every namespace and mixes them up, so the harness
+reads absolute values (/proc/net/snmp and /proc/net/netstat as each namespace sees them) before
+and after a trial and subtracts. Names follow nstat's: the table prefix plus the column
+(`Tcp` + `ActiveOpens` -> `TcpActiveOpens`, `TcpExt` + `TCPSynRetrans` -> `TcpExtTCPSynRetrans`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:  # agents import this module and must not pay for pyroute2
+    from netns import Host
+
+SNMP_FILES = ("/proc/net/snmp", "/proc/net/netstat")
+# Always present in a trial's nstat deltas (0 included), so readers need not guess absence.
+KEY_COUNTERS = (
+    "TcpActiveOpens",
+    "TcpPassiveOpens",
+    "TcpAttemptFails",
+    "TcpEstabResets",
+    "TcpOutRsts",
+    "TcpRetransSegs",
+    "TcpInSegs",
+    "TcpOutSegs",
+    "TcpExtTCPSynRetrans",
+    "TcpExtTCPAbortOnData",
+    "TcpExtTCPAbortOnClose",
+    "TcpExtTW",
+)
+# Gauges, not counters: a difference of them means nothing.
+GAUGES = frozenset({"TcpCurrEstab", "TcpRtoAlgorithm", "TcpRtoMin", "TcpRtoMax", "TcpMaxConn"})
+
+
+def parse_snmp(text: str) -> dict[str, int]:
+    """/proc/net/snmp or /proc/net/netstat: pairs of `Table: names...` / `Table: values...` lines."""
+    counters: dict[str, int] = {}
+    lines = text.splitlines()
+    for header, values in zip(lines[0::2], lines[1::2]):
+        table, _, names = header.partition(":")
+        table_v, _, numbers = values.partition(":")
+        if table != table_v:
+            raise ValueError(f"malformed SNMP text: {table!r} followed by {table_v!r}")
+        for name, number in zip(names.split(), numbers.split()):
+            counters[table + name] = int(number)
+    return counters
+
+
+def _read_snmp_here() -> dict[str, int]:
+    counters: dict[str, int] = {}
+    for path in SNMP_FILES:
+        with open(path) as f:
+            counters.update(parse_snmp(f.read()))
+    return counters
+
+
+def read_snmp(host: "Host") -> dict[str, int]:
+    """All Ip/Icmp/Tcp/Udp/TcpExt/IpExt... counters as `host`'s namespace counts them."""
+    return host.run(_read_snmp_here)
+
+
+def snmp_delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
+    """Tcp* and TcpExt* counters that changed, plus KEY_COUNTERS always."""
+    delta = {}
+    for name, value in after.items():
+        if not name.startswith("Tcp") or name in GAUGES:
+            continue
+        change = value - before.get(name, 0)
+        if change or name in KEY_COUNTERS:
+            delta[name] = change
+    return dict(sorted(delta.items()))
+
+
+_CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def read_cpu_ticks() -> dict[str, int]:
+    """System-wide CPU time from /proc/stat's `cpu` line, in USER_HZ ticks per field."""
+    with open("/proc/stat") as f:
+        first = f.readline().split()
+    return dict(zip(_CPU_FIELDS, map(int, first[1 : 1 + len(_CPU_FIELDS)])))
+
+
+def cpu_seconds_delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, float]:
+    """CPU seconds per field over an interval, all CPUs summed; `busy` excludes idle and iowait.
+
+    Softirq is its own field: it is where packet processing (and the probes that fire inside it,
+    such as passive-side TCP state changes) is charged.
+    """
+    hz = os.sysconf("SC_CLK_TCK")
+    seconds = {name: (after[name] - before[name]) / hz for name in _CPU_FIELDS}
+    seconds["busy"] = sum(v for k, v in seconds.items() if k not in ("idle", "iowait"))
+    return {k: round(v, 4) for k, v in seconds.items()}

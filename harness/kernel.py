@@ -1,0 +1,324 @@
+"""The capability probe: what this kernel lets each backend do, and why not when it does not.
+
+Every backend asks this one module (never the kernel directly) whether its hooks exist. Answers come
+from the running kernel, not from assumptions: tracefs format files, the perf PMUs the kernel
+registered, a real BPF_PROG_LOAD of a two-instruction fentry program, a real ring-buffer map, and
+/proc/config.gz to explain a missing feature.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import gzip
+import importlib.util
+import os
+import platform
+import shutil
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import headers as headers_module
+from .system import tracefs_mounted
+
+# The seven stable TCP tracepoints the seed compares (sock:inet_sock_set_state since 4.16).
+SEED_TRACEPOINTS = (
+    "sock:inet_sock_set_state",
+    "tcp:tcp_retransmit_skb",
+    "tcp:tcp_retransmit_synack",
+    "tcp:tcp_send_reset",
+    "tcp:tcp_receive_reset",
+    "tcp:tcp_destroy_sock",
+    "tcp:tcp_probe",
+)
+
+
+@dataclass(frozen=True)
+class Capability:
+    name: str
+    available: bool
+    reason: str  # why it is (or is not) available, with the evidence
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KernelProbe:
+    release: str
+    machine: str
+    capabilities: dict[str, Capability]
+
+    def __getitem__(self, name: str) -> Capability:
+        return self.capabilities[name]
+
+    def available(self, name: str) -> bool:
+        cap = self.capabilities.get(name)
+        return bool(cap and cap.available)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "release": self.release,
+            "machine": self.machine,
+            "capabilities": {name: asdict(cap) for name, cap in self.capabilities.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "KernelProbe":
+        caps = {n: Capability(**c) for n, c in data["capabilities"].items()}
+        return cls(release=data["release"], machine=data["machine"], capabilities=caps)
+
+
+def kernel_config() -> dict[str, str] | None:
+    """CONFIG_* -> value from /proc/config.gz ("n" for "is not set"), or None without it."""
+    for path in (Path("/proc/config.gz"), Path(f"/boot/config-{os.uname().release}")):
+        try:
+            raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        except OSError:
+            continue
+        config: dict[str, str] = {}
+        for line in raw.decode(errors="replace").splitlines():
+            if line.startswith("CONFIG_") and "=" in line:
+                key, _, value = line.partition("=")
+                config[key] = value
+            elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
+                config[line[2:].split()[0]] = "n"
+        return config
+    return None
+
+
+def parse_format(text: str) -> list[dict[str, Any]]:
+    """A tracefs format file's own fields (not the common_* header) as dicts."""
+    fields = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("field:"):
+            continue
+        parts = dict(
+            part.strip().split(":", 1) for part in line.rstrip(";").split(";") if ":" in part
+        )
+        declaration = parts["field"].strip()
+        if declaration.split()[-1].startswith("common_"):
+            continue
+        name = declaration.split()[-1]
+        ctype = declaration[: -len(name)].strip()
+        if "[" in name:  # `__u8 saddr[28]`
+            name, _, dims = name.partition("[")
+            ctype += "[" + dims
+        fields.append(
+            {
+                "name": name,
+                "type": ctype,
+                "offset": int(parts["offset"]),
+                "size": int(parts["size"]),
+                "signed": parts.get("signed", "0").strip() == "1",
+            }
+        )
+    return fields
+
+
+def _probe_tracepoints(tracefs: Path | None) -> dict[str, Capability]:
+    caps = {}
+    for full in SEED_TRACEPOINTS:
+        category, name = full.split(":")
+        key = f"tracepoint:{full}"
+        if tracefs is None:
+            caps[key] = Capability(key, False, "tracefs is not mounted and could not be mounted")
+            continue
+        fmt = tracefs / "events" / category / name / "format"
+        try:
+            fields = parse_format(fmt.read_text())
+        except FileNotFoundError:
+            caps[key] = Capability(key, False, f"{fmt} does not exist: this kernel has no such tracepoint")
+            continue
+        except OSError as exc:
+            caps[key] = Capability(key, False, f"cannot read {fmt}: {exc.strerror}")
+            continue
+        caps[key] = Capability(
+            key,
+            True,
+            f"{fmt} exists; arguments come from this format, so fallback headers are harmless here",
+            {"fields": fields},
+        )
+    return caps
+
+
+# --- raw bpf(2): the probe loads real programs and maps rather than guessing ------------------
+
+_BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
+_BPF_MAP_CREATE, _BPF_PROG_LOAD = 0, 5
+_BPF_MAP_TYPE_RINGBUF = 27
+_BPF_PROG_TYPE_TRACING, _BPF_TRACE_FENTRY = 26, 24
+_BTF_KIND_FUNC = 12
+# r0 = 0; exit
+_RETURN_ZERO = bytes.fromhex("b700000000000000" "9500000000000000")
+
+
+def _bpf(cmd: int, attr: bytes) -> tuple[int, int]:
+    """(fd or -1, errno) of one bpf(2) call."""
+    if _BPF_SYSCALL is None:
+        return -1, errno.ENOSYS
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(attr, 128)
+    fd = libc.syscall(_BPF_SYSCALL, cmd, buf, 128)
+    return fd, (ctypes.get_errno() if fd < 0 else 0)
+
+
+def _errno_text(err: int) -> str:
+    return f"{errno.errorcode.get(err, err)} ({os.strerror(err)})"
+
+
+def _probe_ringbuf() -> Capability:
+    attr = struct.pack("<IIII", _BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
+    fd, err = _bpf(_BPF_MAP_CREATE, attr)
+    if fd >= 0:
+        os.close(fd)
+        return Capability("bpf_ringbuf", True, "BPF_MAP_CREATE of a 4 KiB BPF_MAP_TYPE_RINGBUF succeeded")
+    return Capability(
+        "bpf_ringbuf", False, f"BPF_MAP_CREATE of a ring buffer failed: {_errno_text(err)}; use the perf buffer"
+    )
+
+
+def _btf_func_id(name: str) -> int | None:
+    """BTF type id of a kernel function, through libbpf (libbpf1 is in the base image)."""
+    path = ctypes.util.find_library("bpf")
+    if not path:
+        return None
+    libbpf = ctypes.CDLL(path)
+    libbpf.btf__load_vmlinux_btf.restype = ctypes.c_void_p
+    libbpf.btf__find_by_name_kind.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32]
+    libbpf.btf__free.argtypes = [ctypes.c_void_p]
+    btf = libbpf.btf__load_vmlinux_btf()
+    if not btf:
+        return None
+    try:
+        type_id = libbpf.btf__find_by_name_kind(btf, name.encode(), _BTF_KIND_FUNC)
+        return type_id if type_id > 0 else None
+    finally:
+        libbpf.btf__free(btf)
+
+
+def _probe_fentry(btf_present: bool) -> Capability:
+    if not btf_present:
+        return Capability("fentry", False, "no /sys/kernel/btf/vmlinux: fentry/fexit need kernel BTF")
+    target = "tcp_set_state"
+    type_id = _btf_func_id(target)
+    if type_id is None:
+        return Capability("fentry", False, f"{target} not found in vmlinux BTF (or libbpf missing)")
+    license_buf = ctypes.create_string_buffer(b"GPL")
+    insns = ctypes.create_string_buffer(_RETURN_ZERO, len(_RETURN_ZERO))
+    attr = bytearray(128)
+    struct.pack_into("<II", attr, 0, _BPF_PROG_TYPE_TRACING, 2)
+    struct.pack_into("<QQ", attr, 8, ctypes.addressof(insns), ctypes.addressof(license_buf))
+    attr[48:64] = b"tpbench_probe".ljust(16, b"\0")
+    struct.pack_into("<I", attr, 68, _BPF_TRACE_FENTRY)
+    struct.pack_into("<I", attr, 108, type_id)
+    fd, err = _bpf(_BPF_PROG_LOAD, bytes(attr))
+    if fd >= 0:
+        os.close(fd)
+        return Capability("fentry", True, f"a BPF_PROG_TYPE_TRACING fentry program on {target} loaded")
+    return Capability(
+        "fentry",
+        False,
+        f"the kernel refuses fentry programs: BPF_PROG_LOAD of a BPF_PROG_TYPE_TRACING (fentry) "
+        f"program on {target} failed with {_errno_text(err)}",
+    )
+
+
+def _probe_kprobes(config: dict[str, str] | None, tracefs: Path | None) -> Capability:
+    pmu = Path("/sys/bus/event_source/devices/kprobe")
+    legacy = tracefs / "kprobe_events" if tracefs else None
+    evidence = []
+    if pmu.exists():
+        evidence.append(f"{pmu} exists")
+    if legacy is not None and legacy.exists():
+        evidence.append(f"{legacy} exists")
+    if evidence:
+        return Capability("kprobes", True, "; ".join(evidence))
+    setting = (config or {}).get("CONFIG_KPROBES")
+    if setting == "n":
+        why = "CONFIG_KPROBES is not set in this kernel's config"
+    elif config is None:
+        why = "no kernel config to read (/proc/config.gz)"
+    else:
+        why = f"CONFIG_KPROBES={setting}"
+    return Capability(
+        "kprobes", False, f"{why}: no kprobe PMU ({pmu}) and no kprobe_events, so no kprobe can attach"
+    )
+
+
+def _probe_bcc() -> Capability:
+    spec = importlib.util.find_spec("bcc")
+    if spec is None:
+        return Capability(
+            "bcc", False, "Python module bcc not importable: install Debian's python3-bpfcc (make setup)"
+        )
+    try:
+        import bcc  # noqa: F401  (loads libbcc through ctypes)
+    except Exception as exc:  # a broken libbcc raises OSError or AttributeError at import
+        return Capability("bcc", False, f"import bcc failed: {exc}")
+    version = getattr(bcc, "__version__", "unknown")
+    return Capability("bcc", True, f"bcc {version} from {Path(bcc.__file__).parent}", {"version": version})
+
+
+def _probe_libpcap() -> Capability:
+    path = ctypes.util.find_library("pcap")
+    if not path:
+        return Capability("libpcap", False, "libpcap not found (install libpcap0.8)")
+    lib = ctypes.CDLL(path)
+    lib.pcap_lib_version.restype = ctypes.c_char_p
+    version = lib.pcap_lib_version().decode()
+    return Capability("libpcap", True, version, {"library": path})
+
+
+def _probe_tools() -> dict[str, Capability]:
+    caps = {}
+    for tool in ("iptables", "tcpdump", "ethtool", "bpftool", "nsenter"):
+        found = shutil.which(tool)
+        caps[f"tool:{tool}"] = Capability(
+            f"tool:{tool}", bool(found), found or f"{tool} not on PATH (make setup)"
+        )
+    return caps
+
+
+def probe(build_headers: bool = True) -> KernelProbe:
+    """Probe the running kernel. Mounts tracefs for the duration if needed (and unmounts it)."""
+    caps: dict[str, Capability] = {}
+    is_root = os.geteuid() == 0
+    caps["root"] = Capability(
+        "root", is_root, "running as root" if is_root else "not root: runs need root (sudo)"
+    )
+    config = kernel_config()
+    try:
+        with tracefs_mounted() as tracefs:
+            caps["tracefs"] = Capability("tracefs", True, f"mounted at {tracefs}")
+            caps.update(_probe_tracepoints(tracefs))
+            caps["kprobes"] = _probe_kprobes(config, tracefs)
+    except Exception as exc:  # not root, or mount refused: say so per hook
+        caps["tracefs"] = Capability("tracefs", False, str(exc))
+        caps.update(_probe_tracepoints(None))
+        caps["kprobes"] = _probe_kprobes(config, None)
+    btf = Path("/sys/kernel/btf/vmlinux")
+    caps["btf"] = Capability(
+        "btf",
+        btf.exists(),
+        f"{btf} ({btf.stat().st_size} bytes)" if btf.exists() else f"{btf} missing (CONFIG_DEBUG_INFO_BTF)",
+    )
+    if is_root:
+        caps["fentry"] = _probe_fentry(btf.exists())
+        caps["bpf_ringbuf"] = _probe_ringbuf()
+    else:
+        caps["fentry"] = Capability("fentry", False, "not probed: loading BPF programs needs root")
+        caps["bpf_ringbuf"] = Capability("bpf_ringbuf", False, "not probed: creating BPF maps needs root")
+    stats = Path("/proc/sys/kernel/bpf_stats_enabled")
+    caps["bpf_stats"] = Capability(
+        "bpf_stats", stats.exists(), f"{stats} {'exists' if stats.exists() else 'missing'}"
+    )
+    caps["bcc"] = _probe_bcc()
+    found = headers_module.find_headers(build=build_headers and is_root)
+    caps["headers"] = Capability("headers", found.kind != "none", found.detail, found.to_dict())
+    caps["libpcap"] = _probe_libpcap()
+    caps.update(_probe_tools())
+    uname = os.uname()
+    return KernelProbe(release=uname.release, machine=uname.machine, capabilities=caps)

@@ -1,0 +1,122 @@
+"""Typed parameters for workloads and backends, parsed from `-p name=value` on the command line.
+
+A parameter belongs to the workload or to a backend. `-p mode=aggregate` sets `mode` on every
+selected plugin that declares it; `-p tracepoint.mode=aggregate` only on the `tracepoint` backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: type  # int, float, str or bool
+    default: Any
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    def parse(self, text: str, owner: str) -> Any:
+        where = f"parameter {self.name!r} of {owner}"
+        if self.type is bool:
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise UsageError(f"{where} takes a boolean (true/false), not {text!r}")
+        try:
+            value = self.type(text)
+        except ValueError:
+            raise UsageError(f"{where} takes {self.type.__name__}, not {text!r}") from None
+        if self.choices is not None and value not in self.choices:
+            raise UsageError(f"{where} must be one of {', '.join(self.choices)}, not {text!r}")
+        if self.minimum is not None and value < self.minimum:
+            raise UsageError(f"{where} must be >= {self.minimum:g}, not {text}")
+        if self.maximum is not None and value > self.maximum:
+            raise UsageError(f"{where} must be <= {self.maximum:g}, not {text}")
+        return value
+
+    def describe(self) -> str:
+        bounds = []
+        if self.choices:
+            bounds.append("|".join(self.choices))
+        if self.minimum is not None:
+            bounds.append(f">= {self.minimum:g}")
+        if self.maximum is not None:
+            bounds.append(f"<= {self.maximum:g}")
+        extra = f" ({', '.join(bounds)})" if bounds else ""
+        return f"{self.name}={self.default!r}: {self.help}{extra}"
+
+
+def parse_assignments(items: Iterable[str]) -> dict[str, str]:
+    """`-p a=1 -p b=2,c=3` -> {'a': '1', 'b': '2', 'c': '3'}; a repeated name is an error."""
+    result: dict[str, str] = {}
+    for item in items:
+        for part in item.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            name, sep, value = part.partition("=")
+            name, value = name.strip(), value.strip()
+            if not sep or not name or not value:
+                raise UsageError(f"malformed parameter {part!r}: expected name=value")
+            if name in result:
+                raise UsageError(f"parameter {name!r} given twice")
+            result[name] = value
+    return result
+
+
+def resolve(
+    owner: str,
+    specs: Iterable[Param],
+    given: Mapping[str, str],
+) -> dict[str, Any]:
+    """Defaults overlaid with the given values, each parsed and range-checked."""
+    values = {spec.name: spec.default for spec in specs}
+    by_name = {spec.name: spec for spec in specs}
+    for name, text in given.items():
+        if name not in by_name:
+            raise UsageError(f"{owner} has no parameter {name!r}")
+        values[name] = by_name[name].parse(text, owner)
+    return values
+
+
+def split_for_plugins(
+    given: Mapping[str, str],
+    plugins: Mapping[str, Iterable[Param]],
+) -> dict[str, dict[str, str]]:
+    """Route each `name=value` (or `plugin.name=value`) to the plugins that declare `name`.
+
+    An assignment nobody declares is an error naming the valid parameters.
+    """
+    routed: dict[str, dict[str, str]] = {plugin: {} for plugin in plugins}
+    declared = {plugin: {spec.name for spec in specs} for plugin, specs in plugins.items()}
+    for key, value in given.items():
+        plugin, dot, name = key.rpartition(".")
+        if dot:
+            if plugin not in declared:
+                raise UsageError(
+                    f"parameter {key!r} names {plugin!r}, which is not selected "
+                    f"(selected: {', '.join(sorted(declared))})"
+                )
+            if name not in declared[plugin]:
+                valid = ", ".join(sorted(declared[plugin])) or "none"
+                raise UsageError(f"{plugin} has no parameter {name!r} (valid: {valid})")
+            routed[plugin][name] = value
+            continue
+        owners = [p for p, names in declared.items() if key in names]
+        if not owners:
+            valid = sorted({f"{n}" for names in declared.values() for n in names})
+            raise UsageError(
+                f"unknown parameter {key!r} (valid for this selection: {', '.join(valid) or 'none'})"
+            )
+        for owner in owners:
+            routed[owner][key] = value
+    return routed

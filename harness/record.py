@@ -1,0 +1,103 @@
+"""The run record: results/<run-id>/run.json, a durable, versioned account of one run.
+
+It holds raw numbers only (what each trial's generator did, the kernel's counters, what each
+observer saw and what it cost) plus what is needed to interpret them later: kernel release and
+capability probe, the headers bcc used, the git commit, the command line. Analysis and reports
+read only this file. It is rewritten atomically after every trial, so an interrupted run keeps
+every finished trial and says it is incomplete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+def new_run_id() -> str:
+    """Sortable and short: `20261126T140512-3fa9` (it also names the run's namespaces)."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def git_commit(where: Path | None = None) -> dict[str, Any] | None:
+    where = where or Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {"commit": commit, "dirty": bool(dirty)}
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write beside the target, fsync, rename over it: readers see the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class RunRecord:
+    """The in-memory run.json, saved after every change that matters."""
+
+    def __init__(self, directory: Path, run_id: str, meta: dict[str, Any]):
+        self.directory = directory
+        self.path = directory / "run.json"
+        self.data: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": run_id,
+            "status": "running",
+            "started_at": utc_now(),
+            "finished_at": None,
+            "command_line": sys.argv,
+            "git": git_commit(),
+            **meta,
+            "cells": [],
+        }
+
+    def add_cell(self, cell: dict[str, Any]) -> dict[str, Any]:
+        cell = {**cell, "trials": []}
+        self.data["cells"].append(cell)
+        return cell
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.data)
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.data["status"] = status
+        self.data["finished_at"] = utc_now()
+        if error:
+            self.data["error"] = error
+        self.save()

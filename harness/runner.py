@@ -1,0 +1,237 @@
+"""The runner owns the measurement loop; backends and workloads only supply hooks.
+
+One trial:
+    fresh topology -> backend.attach (timed apart: compile/open is not the workload's cost)
+    -> snapshot SNMP counters (both namespaces) and /proc/stat
+    -> workload.run -> GroundTruth
+    -> snapshot again -> attachment.detach -> Observation -> trial record (raw numbers only)
+Trials are interleaved across cells in a rotating order, so slow drift on a noisy machine lands on
+every backend alike, and run.json is saved after every trial.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from netns import Topology
+
+from . import counters
+from .backends import Backend, get_backend
+from .errors import Interrupted, UsageError
+from .headers import find_headers
+from .interrupts import critical
+from .kernel import KernelProbe, probe
+from .params import Param, resolve, split_for_plugins
+from .record import RunRecord, new_run_id, utc_now
+from .system import require_root, run_lock, tracefs_mounted
+from .workloads import Workload, get_workload
+
+
+@dataclass(frozen=True)
+class Cell:
+    workload: Workload
+    backend: Backend
+    workload_params: dict[str, Any]
+    backend_params: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return f"{self.workload.name}/{self.backend.name}"
+
+
+def plan(workload_names: list[str], backend_names: list[str], assignments: dict[str, str]) -> list[Cell]:
+    """Validate names and parameters up front: bad input fails before anything is touched."""
+    if not workload_names:
+        raise UsageError("no workload given")
+    if not backend_names:
+        raise UsageError("no backend given")
+    for kind, names in (("workload", workload_names), ("backend", backend_names)):
+        duplicates = {n for n in names if names.count(n) > 1}
+        if duplicates:
+            raise UsageError(f"{kind} {', '.join(sorted(duplicates))} given twice")
+    workloads = [get_workload(n) for n in workload_names]
+    backends = [get_backend(n) for n in backend_names]
+    plugins: dict[str, tuple[Param, ...]] = {}
+    for plugin in (*workloads, *backends):
+        plugins[plugin.name] = tuple(plugin.params)
+    routed = split_for_plugins(assignments, plugins)
+    resolved = {name: resolve(name, plugins[name], given) for name, given in routed.items()}
+    return [
+        Cell(workload, backend, resolved[workload.name], resolved[backend.name])
+        for workload in workloads
+        for backend in backends
+    ]
+
+
+def interleaved(cells: list[Cell], trials: int) -> list[tuple[Cell, int]]:
+    """(cell, trial index) in rotating order: A B C, B C A, C A B, ..."""
+    order = []
+    for trial in range(trials):
+        shift = trial % len(cells)
+        for cell in cells[shift:] + cells[:shift]:
+            order.append((cell, trial))
+    return order
+
+
+def run_trial(cell: Cell, run_id: str) -> dict[str, Any]:
+    trial: dict[str, Any] = {"started_at": utc_now()}
+    with Topology(run_id, guard=critical) as topology:
+        trial["topology_setup_s"] = round(topology.setup_s or 0.0, 4)
+        started = time.perf_counter()
+        with critical():
+            attachment = cell.backend.attach(topology, cell.backend_params)
+        trial["attach_s"] = round(time.perf_counter() - started, 4)
+        detached = False
+        try:
+            snmp_before = {host.role: counters.read_snmp(host) for host in topology.hosts}
+            cpu_before = counters.read_cpu_ticks()
+            truth = cell.workload.run(topology, cell.workload_params)
+            cpu_after = counters.read_cpu_ticks()
+            snmp_after = {host.role: counters.read_snmp(host) for host in topology.hosts}
+            started = time.perf_counter()
+            with critical():
+                observation = attachment.detach()
+                detached = True
+            trial["detach_s"] = round(time.perf_counter() - started, 4)
+        finally:
+            if not detached:
+                with critical():
+                    attachment.close()
+    trial.update(
+        {
+            "status": "ok",
+            "duration_s": round(truth.duration_s, 6),
+            "operations": truth.operations,
+            "operation_rate": round(truth.operations / truth.duration_s, 2) if truth.duration_s else None,
+            "ground_truth": {
+                "generator": truth.generator,
+                "nstat": {
+                    role: counters.snmp_delta(snmp_before[role], snmp_after[role]) for role in snmp_before
+                },
+                "expected": truth.expected,
+                "pids": truth.pids,
+            },
+            "latency": truth.latency,
+            # system-wide CPU over the measured loop when the workload bracketed it, else the trial
+            "cpu_seconds": counters.cpu_seconds_delta(
+                *((truth.cpu_ticks["before"], truth.cpu_ticks["after"]) if truth.cpu_ticks
+                  else (cpu_before, cpu_after))
+            ),
+            "cpu_scope": "measured loop" if truth.cpu_ticks else "whole workload",
+            "observed": observation.to_dict(),
+        }
+    )
+    return trial
+
+
+Progress = Callable[[str], None]
+
+
+def execute(
+    cells: list[Cell],
+    trials: int,
+    out_root: Path,
+    progress: Progress | None = None,
+    run_id: str | None = None,
+    strict: bool = True,
+) -> RunRecord:
+    """Run every cell `trials` times, interleaved; returns the saved record (also on interrupt).
+
+    strict: a backend unavailable on this kernel is an error (the user named it); otherwise the
+    cell is recorded as unavailable, with the probe's reason, and skipped.
+    """
+    require_root("tpbench run")
+    if trials < 1:
+        raise UsageError("--trials must be >= 1")
+    run_id = run_id or new_run_id()
+    say = progress or (lambda _: None)
+    with run_lock(run_id), tracefs_mounted():
+        kernel_probe = probe()
+        availability = {cell.label: cell.backend.availability(kernel_probe) for cell in cells}
+        refused = [f"{c.backend.name}: {availability[c.label].reason}" for c in cells
+                   if not availability[c.label].available]
+        if strict and refused:
+            raise UsageError(f"backend unavailable on this kernel ({'; '.join(dict.fromkeys(refused))})")
+        headers = find_headers()
+        os.environ.update(headers.environment())  # bcc reads BCC_KERNEL_SOURCE when it compiles
+        directory = out_root / run_id
+        try:
+            directory.mkdir(parents=True, exist_ok=False)
+        except OSError as exc:
+            raise UsageError(f"cannot create the run folder {directory}: {exc.strerror}") from None
+        record = RunRecord(directory, run_id, _meta(kernel_probe, headers.to_dict(), cells, trials))
+        runnable: dict[str, dict[str, Any]] = {}
+        for cell in cells:
+            entry = record.add_cell(
+                {
+                    "workload": cell.workload.name,
+                    "backend": cell.backend.name,
+                    "operation": cell.workload.operation,
+                    "params": {"workload": cell.workload_params, "backend": cell.backend_params},
+                    "available": availability[cell.label].available,
+                    "availability": availability[cell.label].reason,
+                    "missing_hooks": list(availability[cell.label].missing_hooks),
+                }
+            )
+            if availability[cell.label].available:
+                runnable[cell.label] = entry
+            else:
+                say(f"skip {cell.label}: {availability[cell.label].reason}")
+        record.save()
+        schedule = [(c, t) for c, t in interleaved(cells, trials) if c.label in runnable]
+        started = time.monotonic()
+        try:
+            for done, (cell, index) in enumerate(schedule, 1):
+                say(f"[{done}/{len(schedule)}] {cell.label} trial {index + 1}/{trials} ...")
+                try:
+                    trial = run_trial(cell, run_id)
+                except (Interrupted, UsageError):
+                    raise
+                except Exception as exc:  # recorded, and the run goes on
+                    trial = {
+                        "status": "failed",
+                        "error": f"{type(exc).__name__}: {exc}",
+                        "traceback": traceback.format_exc(limit=6),
+                    }
+                trial["index"] = index
+                with critical():
+                    runnable[cell.label]["trials"].append(trial)
+                    record.save()
+                elapsed = time.monotonic() - started
+                eta = elapsed / done * (len(schedule) - done)
+                say(f"[{done}/{len(schedule)}] {cell.label} trial {index + 1}: {_trial_line(trial, cell)}"
+                    f" (eta {eta:.0f} s)")
+        except Interrupted as exc:
+            record.finish("interrupted", str(exc))
+            raise
+        record.finish("complete")
+    return record
+
+
+def _trial_line(trial: dict[str, Any], cell: Cell) -> str:
+    if trial["status"] != "ok":
+        return f"FAILED {trial['error']}"
+    return f"{trial['operation_rate']:,.0f} {cell.workload.operation}s/s over {trial['duration_s']:.2f} s"
+
+
+def _meta(kernel_probe: KernelProbe, headers: dict[str, Any], cells: list[Cell], trials: int) -> dict[str, Any]:
+    uname = os.uname()
+    return {
+        "kernel": {"release": uname.release, "version": uname.version, "machine": uname.machine},
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "executable": sys.executable},
+        "headers": headers,
+        "probe": kernel_probe.to_dict(),
+        "config": {
+            "trials": trials,
+            "order": "interleaved, rotating",
+            "workloads": sorted({c.workload.name for c in cells}),
+            "backends": sorted({c.backend.name for c in cells}, key=[c.backend.name for c in cells].index),
+        },
+    }

@@ -1,0 +1,143 @@
+"""Changes tpbench makes to the host, each undone on exit and recorded so `tpbench cleanup`
+can undo it after a crash (SIGKILL leaves no chance to run finally blocks).
+
+Everything lives under /run/tpbench (tmpfs: a reboot forgets it, as it forgets the changes):
+  lock                 held (flock) by the one run allowed at a time; holds "pid run-id"
+  tracefs-mounted      present while tpbench has mounted tracefs that was not mounted before
+  sysctl-<name>        the value a sysctl had before tpbench changed it
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+from .errors import UsageError
+
+STATE_DIR = Path(os.environ.get("TPBENCH_STATE_DIR", "/run/tpbench"))
+TRACEFS_PATHS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+
+
+def require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise UsageError(
+            f"{what} needs root (network namespaces and BPF need CAP_SYS_ADMIN and CAP_NET_ADMIN); "
+            "run it with sudo"
+        )
+
+
+@contextlib.contextmanager
+def run_lock(run_id: str) -> Iterator[None]:
+    """One run at a time: two runs would share the CPUs they measure and the sysctls they set."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    path = STATE_DIR / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise UsageError(
+                f"another tpbench run holds {path} (pid and run: {holder}); wait for it or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {run_id}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def tracefs_path() -> Path | None:
+    """Where tracefs is mounted now, or None."""
+    for path in TRACEFS_PATHS:
+        if (path / "events").is_dir():
+            return path
+    return None
+
+
+@contextlib.contextmanager
+def tracefs_mounted() -> Iterator[Path]:
+    """tracefs, mounted for the duration if it was not (as on this project's Firecracker hosts).
+
+    bcc resolves tracepoint ids through tracefs (events/<category>/<name>/id), and the probe reads
+    each tracepoint's argument layout from its format file. A mount tpbench made is unmounted on
+    exit, and a marker lets `tpbench cleanup` unmount it after a crash.
+    """
+    existing = tracefs_path()
+    if existing is not None:
+        yield existing
+        return
+    require_root("mounting tracefs")
+    target = TRACEFS_PATHS[0]
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    marker = STATE_DIR / "tracefs-mounted"
+    marker.write_text(str(target))
+    result = subprocess.run(
+        ["mount", "-t", "tracefs", "nodev", str(target)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        marker.unlink(missing_ok=True)
+        raise UsageError(f"cannot mount tracefs on {target}: {result.stderr.strip()}")
+    try:
+        yield target
+    finally:
+        unmount_tracefs(target)
+        marker.unlink(missing_ok=True)
+
+
+def unmount_tracefs(target: Path) -> bool:
+    result = subprocess.run(["umount", str(target)], capture_output=True)
+    if result.returncode != 0:  # busy (an open trace_pipe): detach it now, it goes when released
+        result = subprocess.run(["umount", "-l", str(target)], capture_output=True)
+    return result.returncode == 0
+
+
+def read_sysctl(name: str) -> str:
+    return Path("/proc/sys", name.replace(".", "/")).read_text().strip()
+
+
+def write_sysctl(name: str, value: str) -> None:
+    Path("/proc/sys", name.replace(".", "/")).write_text(value)
+
+
+@contextlib.contextmanager
+def sysctl_set(name: str, value: str) -> Iterator[str]:
+    """Set a sysctl for the duration; restore the old value on exit (and via cleanup after a crash)."""
+    old = read_sysctl(name)
+    if old == value:
+        yield old
+        return
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    saved = STATE_DIR / f"sysctl-{name}"
+    if not saved.exists():  # a crashed run's saved value is the true original: keep it
+        saved.write_text(old)
+    write_sysctl(name, value)
+    try:
+        yield old
+    finally:
+        write_sysctl(name, saved.read_text())
+        saved.unlink(missing_ok=True)
+
+
+def restore_leftovers() -> list[str]:
+    """Undo what a crashed run left in STATE_DIR; returns what was done, one line each."""
+    done: list[str] = []
+    if not STATE_DIR.is_dir():
+        return done
+    for saved in sorted(STATE_DIR.glob("sysctl-*")):
+        name = saved.name.removeprefix("sysctl-")
+        value = saved.read_text()
+        write_sysctl(name, value)
+        saved.unlink()
+        done.append(f"restored sysctl {name} = {value}")
+    marker = STATE_DIR / "tracefs-mounted"
+    if marker.exists():
+        target = Path(marker.read_text().strip())
+        if (target / "events").is_dir() and unmount_tracefs(target):
+            done.append(f"unmounted tracefs at {target} (mounted by a crashed run)")
+        marker.unlink()
+    return done

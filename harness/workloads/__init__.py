@@ -1,0 +1,19 @@
+"""The workload registry: the CLI, the runner and the benchmark suite discover workloads here."""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+from .base import GroundTruth, Workload, WorkloadError
+from .churn import Churn
+
+WORKLOADS: dict[str, Workload] = {workload.name: workload for workload in (Churn(),)}
+
+
+def get_workload(name: str) -> Workload:
+    try:
+        return WORKLOADS[name]
+    except KeyError:
+        raise UsageError(f"unknown workload {name!r} (valid: {', '.join(WORKLOADS)})") from None
+
+
+__all__ = ["GroundTruth", "WORKLOADS", "Workload", "WorkloadError", "get_workload"]

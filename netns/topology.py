@@ -1,0 +1,230 @@
+"""Two namespaces and a veth pair; always torn down, and findable by prefix after a crash.
+
+Names: namespaces are `tpb-<run-id>-<topology-id>-client|server`; veth ends are
+`tpb<topology-id>c|s` (an interface name has at most 15 characters). Everything tpbench creates
+starts with `tpb`, which is how `tpbench cleanup` finds a crashed run's leftovers, and only those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pickle
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pyroute2 import IPRoute, netns
+
+NAME_PREFIX = "tpb"
+SUBNET = "198.18.0.0/15"
+PREFIX_LENGTH = 24
+CLIENT_ADDRESS = "198.18.0.1"
+SERVER_ADDRESS = "198.18.0.2"
+NETNS_DIR = Path("/run/netns")
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def enter_netns(name: str) -> None:
+    """Move the calling thread into namespace `name` (Python 3.11 has no os.setns)."""
+    fd = os.open(NETNS_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Host:
+    role: str  # "client" | "server"
+    netns: str
+    ifname: str
+    address: str
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """argv wrapped to run inside this host's namespace (nsenter: no /sys remount, cheap)."""
+        return ["nsenter", f"--net={NETNS_DIR / self.netns}", "--", *argv]
+
+    def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
+        return subprocess.Popen(self.command(argv), **kwargs)
+
+    def run(self, fn: Callable[..., Any], *args: Any, timeout_s: float = 60.0) -> Any:
+        """fn(*args) in a forked child inside this namespace; its result (or exception) comes back."""
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: enter, compute, report, never return into the caller's stack
+            os.close(read_fd)
+            try:
+                enter_netns(self.netns)
+                payload = pickle.dumps((True, fn(*args)))
+            except BaseException as exc:  # noqa: BLE001  (shipped to the parent, re-raised there)
+                payload = pickle.dumps((False, exc))
+            with os.fdopen(write_fd, "wb") as pipe:
+                pipe.write(payload)
+            os._exit(0)
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            data = pipe.read()
+        _, status = os.waitpid(pid, 0)
+        if not data:
+            raise RuntimeError(f"child in {self.netns} died without a result (status {status})")
+        ok, value = pickle.loads(data)
+        if not ok:
+            raise value
+        return value
+
+    def read_file(self, path: str) -> str:
+        """A /proc/net file as this namespace sees it."""
+        return self.run(Path(path).read_text)
+
+
+def _netns_inode(name: str) -> int | None:
+    try:
+        return os.stat(NETNS_DIR / name).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def pids_in_netns(name: str) -> list[int]:
+    """Processes whose network namespace is `name` (what would keep it alive after removal)."""
+    inode = _netns_inode(name)
+    if inode is None:
+        return []
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if os.stat(entry / "ns" / "net").st_ino == inode:
+                pids.append(int(entry.name))
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            continue
+    return pids
+
+
+def _kill_and_remove(name: str) -> list[int]:
+    killed = pids_in_netns(name)
+    for pid in killed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        netns.remove(name)
+    except FileNotFoundError:
+        pass
+    return killed
+
+
+class Topology:
+    """`with Topology(run_id) as topo:` builds the pair; leaving the block always removes it."""
+
+    def __init__(self, run_id: str, guard: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        """guard: a context manager around build and teardown, during which the caller must not
+        be interrupted (the harness defers SIGINT/SIGTERM there: netlink code swallows exceptions)."""
+        self.guard = guard
+        self.id = secrets.token_hex(3)
+        base = f"{NAME_PREFIX}-{run_id}-{self.id}"
+        self.client = Host("client", f"{base}-client", f"{NAME_PREFIX}{self.id}c", CLIENT_ADDRESS)
+        self.server = Host("server", f"{base}-server", f"{NAME_PREFIX}{self.id}s", SERVER_ADDRESS)
+        self.setup_s: float | None = None
+
+    @property
+    def hosts(self) -> tuple[Host, Host]:
+        return (self.client, self.server)
+
+    def __enter__(self) -> "Topology":
+        started = time.perf_counter()
+        with self.guard():
+            try:
+                self._build()
+            except BaseException:
+                self.teardown()
+                raise
+        self.setup_s = time.perf_counter() - started
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.teardown()
+
+    def _build(self) -> None:
+        for host in self.hosts:
+            netns.create(host.netns)
+        with IPRoute() as ipr:
+            ipr.link("add", ifname=self.client.ifname, kind="veth", peer=self.server.ifname)
+            for host in self.hosts:
+                index = ipr.link_lookup(ifname=host.ifname)[0]
+                ipr.link("set", index=index, net_ns_fd=host.netns)
+        for host in self.hosts:
+            with IPRoute(netns=host.netns) as ipr:
+                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+                index = ipr.link_lookup(ifname=host.ifname)[0]
+                ipr.addr("add", index=index, address=host.address, prefixlen=PREFIX_LENGTH)
+                ipr.link("set", index=index, state="up")
+        self._wait_until_reachable()
+
+    def _wait_until_reachable(self, timeout_s: float = 5.0) -> None:
+        """The veth carrier comes up asynchronously: wait until each end reports it."""
+        deadline = time.monotonic() + timeout_s
+        for host in self.hosts:
+            while True:
+                state = host.run(_read_operstate, host.ifname)
+                if state == "up":
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{host.ifname} in {host.netns} not up after {timeout_s} s ({state})")
+                time.sleep(0.01)
+
+    def teardown(self) -> None:
+        """Kill what still runs inside, remove both namespaces (and with them the veth pair)."""
+        with self.guard():
+            for host in self.hosts:
+                _kill_and_remove(host.netns)
+            with IPRoute() as ipr:  # a half-built topology may have left a veth in the root namespace
+                for host in self.hosts:
+                    for index in ipr.link_lookup(ifname=host.ifname):
+                        ipr.link("del", index=index)
+
+
+def _read_operstate(ifname: str) -> str:
+    # /sys/class/net reflects the namespace sysfs was mounted in, so ask netlink instead
+    with IPRoute() as ipr:
+        links = ipr.get_links(ifname=ifname)
+        return links[0].get("operstate", "unknown").lower() if links else "missing"
+
+
+def find_leftovers() -> dict[str, list[str]]:
+    """Namespaces and root-namespace links that tpbench made (by prefix) and that still exist."""
+    spaces = sorted(name for name in netns.listnetns() if name.startswith(f"{NAME_PREFIX}-"))
+    with IPRoute() as ipr:
+        links = sorted(
+            link.get("ifname")
+            for link in ipr.get_links()
+            if (link.get("ifname") or "").startswith(NAME_PREFIX)
+        )
+    return {"namespaces": spaces, "links": links}
+
+
+def remove_leftovers() -> list[str]:
+    """Remove every tpbench namespace and link; returns what was done, one line each."""
+    done = []
+    found = find_leftovers()
+    for name in found["namespaces"]:
+        killed = _kill_and_remove(name)
+        extra = f" (killed pids {', '.join(map(str, killed))})" if killed else ""
+        done.append(f"removed namespace {name}{extra}")
+    with IPRoute() as ipr:
+        for name in found["links"]:
+            for index in ipr.link_lookup(ifname=name):
+                ipr.link("del", index=index)
+                done.append(f"removed link {name}")
+    return done

@@ -1,0 +1,48 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import leftovers, tpbench
+
+pytestmark = pytest.mark.root
+
+
+def test_churn_of_1000_connections_matches_the_kernel_counters_exactly(tmp_path):
+    before = leftovers()
+    result = tpbench("run", "-b", "none", "-w", "churn", "-p", "connections=1000", "--json", "-o", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    [cell] = summary["cells"]
+    assert (cell["workload"], cell["backend"]) == ("churn", "none")
+    [trial] = cell["trials"]
+    truth = trial["ground_truth"]
+    assert truth["generator"]["connections"] == 1000
+    assert truth["generator"]["failures"] == {}
+    assert truth["nstat"]["client"]["TcpActiveOpens"] == 1000
+    assert truth["nstat"]["server"]["TcpPassiveOpens"] == 1000
+    assert truth["nstat"]["client"]["TcpPassiveOpens"] == 0
+    assert truth["nstat"]["server"]["TcpActiveOpens"] == 0
+    # the server closes first: it alone enters TIME_WAIT, once per connection
+    assert truth["nstat"]["server"]["TcpExtTW"] == 1000
+    assert truth["nstat"]["client"]["TcpExtTW"] == 0
+    assert truth["expected"]["client"]["transitions"]["CLOSE->SYN_SENT"] == 1000
+    assert trial["operations"] == 1000
+    assert trial["operation_rate"] == pytest.approx(1000 / trial["duration_s"], rel=1e-3)
+    assert trial["latency"]["count"] == 1000
+    assert trial["observed"] == {"events": {}, "transitions": {}, "lost": 0, "details": {}}
+    # the record on disk is the same run, complete
+    record = json.loads(Path(summary["run_json"]).read_text())
+    assert record["status"] == "complete" and record["schema_version"] == 1
+    assert record["cells"][0]["trials"][0]["ground_truth"] == truth
+    assert record["headers"]["kind"] in ("exact", "fallback")
+    assert record["probe"]["release"] == record["kernel"]["release"]
+    assert leftovers() == before
+
+
+def test_default_suite_runs_and_prints_a_table(tmp_path):
+    result = tpbench("bench", "-n", "1", "-q", "-o", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "churn" in result.stdout and "none" in result.stdout
+    [run] = list(tmp_path.iterdir())
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"

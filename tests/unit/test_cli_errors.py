@@ -1,0 +1,61 @@
+"""Bad input gets one line on stderr naming the problem, exit status 2, and no traceback."""
+
+import pytest
+
+from tests.conftest import leftovers, tpbench
+
+BAD_INPUT = [
+    (["run", "-b", "nosuch"], "unknown backend 'nosuch' (valid: none"),
+    (["run", "-w", "nosuch"], "unknown workload 'nosuch' (valid: churn"),
+    (["run", "-b", "none,"], "empty name"),
+    (["run", "-b", "none,none"], "backend none given twice"),
+    (["run", "-p", "connections"], "malformed parameter 'connections'"),
+    (["run", "-p", "connections=-5"], "must be >= 1, not -5"),
+    (["run", "-p", "connections=0"], "must be >= 1, not 0"),
+    (["run", "-p", "connections=many"], "takes int, not 'many'"),
+    (["run", "-p", "conections=5"], "unknown parameter 'conections'"),
+    (["run", "-p", "churn.bogus=1"], "churn has no parameter 'bogus'"),
+    (["run", "-p", "kprobe.mode=x"], "names 'kprobe', which is not selected"),
+    (["run", "-p", "connections=1,connections=2"], "given twice"),
+    (["run", "--trials", "0"], "must be >= 1, not 0"),
+    (["run", "--trials", "two"], "not a whole number"),
+    (["run", "--frobnicate"], "unrecognized arguments"),
+    (["nosuchcommand"], "invalid choice"),
+    (["kernel", "--yaml"], "unrecognized arguments"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
+def test_bad_input_is_one_line_and_exit_2(argv, message):
+    result = tpbench(*argv)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("tpbench: error: ")
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_no_command_prints_help_and_exits_2():
+    result = tpbench()
+    assert result.returncode == 2
+    assert "examples:" in result.stdout
+
+
+def test_help_has_examples():
+    result = tpbench("run", "--help")
+    assert result.returncode == 0
+    assert "tpbench run -b none -w churn -p connections=2000 --json" in result.stdout
+
+
+@pytest.mark.root
+def test_not_root_is_refused_in_one_line_and_touches_nothing():
+    before = leftovers()
+    result = tpbench("run", "-b", "none", "-w", "churn", "-p", "connections=10", "-o", "/tmp", user="65534")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "tpbench: error: tpbench run needs root (network namespaces and BPF need CAP_SYS_ADMIN and "
+        "CAP_NET_ADMIN); run it with sudo"
+    ]
+    assert leftovers() == before
