@@ -37,12 +37,25 @@ class Availability:
     missing_hooks: tuple[str, ...] = ()
 
 
+SIDES = ("client", "server")
+
+
 @dataclass
 class Observation:
+    """What one observer saw in one trial, as counts in the common schema.
+
+    `sides` splits the same counts by the host whose socket the event belongs to (the local
+    address of the event: 198.18.0.1 is the client, 198.18.0.2 the server), which is how the
+    workloads declare what they must cause. `lost` is what the observer itself knows it missed
+    (ring-buffer reserve failures, perf-buffer lost callbacks, pcap drops); `details` holds the
+    backend's raw numbers (in-kernel cost, consumer CPU, events filtered out as foreign ...).
+    """
+
     events: dict[str, int] = field(default_factory=dict)  # event kind -> count
     transitions: dict[str, int] = field(default_factory=dict)  # "OLD->NEW" -> count
-    lost: int = 0  # events the observer itself reports it lost (kernel-side drops included)
-    details: dict[str, Any] = field(default_factory=dict)  # backend-specific raw numbers
+    sides: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # side -> events/transitions
+    lost: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -30,7 +30,7 @@ def test_churn_of_1000_connections_matches_the_kernel_counters_exactly(tmp_path)
     assert trial["operations"] == 1000
     assert trial["operation_rate"] == pytest.approx(1000 / trial["duration_s"], rel=1e-3)
     assert trial["latency"]["count"] == 1000
-    assert trial["observed"] == {"events": {}, "transitions": {}, "lost": 0, "details": {}}
+    assert trial["observed"] == {"events": {}, "transitions": {}, "sides": {}, "lost": 0, "details": {}}
     # the record on disk is the same run, complete
     record = json.loads(Path(summary["run_json"]).read_text())
     assert record["status"] == "complete" and record["schema_version"] == 1
