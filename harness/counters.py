@@ -93,3 +93,25 @@ def cpu_seconds_delta(before: Mapping[str, int], after: Mapping[str, int]) -> di
     seconds = {name: (after[name] - before[name]) / hz for name in _CPU_FIELDS}
     seconds["busy"] = sum(v for k, v in seconds.items() if k not in ("idle", "iowait"))
     return {k: round(v, 4) for k, v in seconds.items()}
+
+
+# /proc/net/tcp `st` column (include/net/tcp_states.h), for the settle check
+_TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
+               6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING",
+               12: "NEW_SYN_RECV"}
+
+
+def _tcp_states_here() -> dict[str, int]:
+    states: dict[str, int] = {}
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(path) as f:
+            next(f)
+            for line in f:
+                name = _TCP_STATES.get(int(line.split()[3], 16), "?")
+                states[name] = states.get(name, 0) + 1
+    return states
+
+
+def tcp_states(host: "Host") -> dict[str, int]:
+    """How many TCP sockets (timewait and request socks included) `host` holds, per state."""
+    return host.run(_tcp_states_here)

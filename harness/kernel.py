@@ -144,6 +144,12 @@ def _probe_tracepoints(tracefs: Path | None) -> dict[str, Capability]:
     return caps
 
 
+def probe_tracepoints() -> dict[str, Capability]:
+    """Only the seed tracepoints' answers (what a backend needs at attach time), cheaply."""
+    with tracefs_mounted() as tracefs:
+        return _probe_tracepoints(tracefs)
+
+
 # --- raw bpf(2): the probe loads real programs and maps rather than guessing ------------------
 
 _BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
@@ -169,7 +175,7 @@ def _errno_text(err: int) -> str:
     return f"{errno.errorcode.get(err, err)} ({os.strerror(err)})"
 
 
-def _probe_ringbuf() -> Capability:
+def probe_ringbuf() -> Capability:
     attr = struct.pack("<IIII", _BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
     fd, err = _bpf(_BPF_MAP_CREATE, attr)
     if fd >= 0:
@@ -307,7 +313,7 @@ def probe(build_headers: bool = True) -> KernelProbe:
     )
     if is_root:
         caps["fentry"] = _probe_fentry(btf.exists())
-        caps["bpf_ringbuf"] = _probe_ringbuf()
+        caps["bpf_ringbuf"] = probe_ringbuf()
     else:
         caps["fentry"] = Capability("fentry", False, "not probed: loading BPF programs needs root")
         caps["bpf_ringbuf"] = Capability("bpf_ringbuf", False, "not probed: creating BPF maps needs root")

@@ -7,7 +7,7 @@ selected plugin that declares it; `-p tracepoint.mode=aggregate` only on the `tr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .errors import UsageError
 
@@ -21,6 +21,7 @@ class Param:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] | None = None
+    check: Callable[[Any], str | None] | None = None  # returns an error message, or None
 
     def parse(self, text: str, owner: str) -> Any:
         where = f"parameter {self.name!r} of {owner}"
@@ -41,6 +42,9 @@ class Param:
             raise UsageError(f"{where} must be >= {self.minimum:g}, not {text}")
         if self.maximum is not None and value > self.maximum:
             raise UsageError(f"{where} must be <= {self.maximum:g}, not {text}")
+        problem = self.check(value) if self.check else None
+        if problem:
+            raise UsageError(f"{where}: {problem}")
         return value
 
     def describe(self) -> str:

@@ -94,6 +94,7 @@ def run_trial(cell: Cell, run_id: str) -> dict[str, Any]:
             cpu_before = counters.read_cpu_ticks()
             truth = cell.workload.run(topology, cell.workload_params)
             cpu_after = counters.read_cpu_ticks()
+            trial["settle"] = settle(topology)
             snmp_after = {host.role: counters.read_snmp(host) for host in topology.hosts}
             started = time.perf_counter()
             with critical():
@@ -129,6 +130,31 @@ def run_trial(cell: Cell, run_id: str) -> dict[str, Any]:
         }
     )
     return trial
+
+
+# States in which a socket's remaining transitions need no further action by anyone.
+_SETTLED_STATES = frozenset({"TIME_WAIT", "LISTEN", "CLOSE_WAIT"})
+
+
+def settle(topology: Topology, timeout_s: float = 3.0) -> dict[str, Any]:
+    """Wait until the kernel has finished what the workload started, before counting.
+
+    A workload's loop ends when its last close() returns, but the peer processes that FIN later
+    (in softirq): the last connections' final transitions may still be in flight. Counters and
+    observers are read only once every socket in both namespaces is at rest (TIME_WAIT, or a
+    state the workload deliberately leaves). If that never happens, the trial says what remained.
+    """
+    started = time.monotonic()
+    while True:
+        remaining = {
+            host.role: {state: n for state, n in counters.tcp_states(host).items() if state not in _SETTLED_STATES}
+            for host in topology.hosts
+        }
+        remaining = {role: states for role, states in remaining.items() if states}
+        waited = time.monotonic() - started
+        if not remaining or waited > timeout_s:
+            return {"waited_s": round(waited, 4), "unsettled": remaining}
+        time.sleep(0.005)
 
 
 Progress = Callable[[str], None]

@@ -12,6 +12,7 @@ PACKAGES=(
   python3-bpfcc libbpfcc     # bcc: the tracepoint and kprobe backends
   linux-headers-amd64        # headers for bcc's compiler (fallback headers on kernels without their own)
   bpftool                    # independent view of loaded programs (cleanup checks, bpf_stats)
+  linux-perf                 # an independent, non-BPF tracer for the tests (perf stat + ftrace filter)
   iptables iproute2 ethtool  # loss workloads, namespaces, offload settings
   tcpdump libpcap0.8         # the libpcap backend's C consumer and an independent capture
   python3-venv gcc make      # the venv and the C reference generator

@@ -39,3 +39,45 @@ def leftovers() -> dict:
         "namespaces": [s for s in spaces if s.startswith("tpb-")],
         "links": [name for name in links if name.startswith("tpb")],
     }
+
+
+class FtraceCount:
+    """An independent tracer: one tracepoint enabled in a private ftrace instance, with a kernel
+    filter. ftrace's probe (trace_event_raw_event_*) is a different path from the perf/BPF one, so
+    it is not subject to BPF's recursion guard nor to anything a BPF observer does."""
+
+    def __init__(self, event: str, filter_expr: str, buffer_kb: int = 16384):
+        import secrets
+
+        from harness.system import tracefs_mounted
+
+        self.event = event.replace(":", "/")
+        self.filter_expr = filter_expr
+        self.buffer_kb = buffer_kb
+        self.mount = tracefs_mounted()
+        self.name = f"tpbtest-{secrets.token_hex(3)}"
+        self.count: int | None = None
+        self.overrun: int | None = None
+
+    def __enter__(self) -> "FtraceCount":
+        tracefs = self.mount.__enter__()
+        self.path = tracefs / "instances" / self.name
+        self.path.mkdir()
+        (self.path / "buffer_size_kb").write_text(str(self.buffer_kb))
+        event = self.path / "events" / self.event
+        (event / "filter").write_text(self.filter_expr)
+        (event / "enable").write_text("1")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            (self.path / "events" / self.event / "enable").write_text("0")
+            entries = overrun = 0
+            for stats in (self.path / "per_cpu").glob("cpu*/stats"):
+                fields = dict(line.split(":", 1) for line in stats.read_text().splitlines() if ":" in line)
+                entries += int(fields["entries"])
+                overrun += int(fields["overrun"])
+            self.count, self.overrun = entries + overrun, overrun
+        finally:
+            self.path.rmdir()
+            self.mount.__exit__(*exc)

@@ -5,8 +5,13 @@ from __future__ import annotations
 from ..errors import UsageError
 from .base import Attachment, Availability, Backend, Observation
 from .none import NoneBackend
+from .tracepoint import TracepointBackend
 
-BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (NoneBackend(),)}
+BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
+    NoneBackend(),
+    TracepointBackend(),
+    TracepointBackend(empty=True),
+)}
 
 
 def get_backend(name: str) -> Backend:

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from harness.headers import find_headers
+from harness.params import resolve
 from harness.system import tracefs_mounted
 from harness.workloads import get_workload
 from netns import Topology
@@ -45,7 +46,7 @@ def test_churn_transitions_match_the_declaration_under_an_independent_tracer():
         bpf = BPF(text=PROGRAM)
         try:
             with Topology("test") as topo:
-                truth = churn.run(topo, {"connections": 300, "concurrency": 2})
+                truth = churn.run(topo, resolve("churn", churn.params, {"connections": "300"}))
             seen = {}
             for key, value in bpf["counts"].items():
                 side = "client" if (key.value >> 16) == 1 else "server"

@@ -59,3 +59,21 @@ def test_not_root_is_refused_in_one_line_and_touches_nothing():
         "CAP_NET_ADMIN); run it with sudo"
     ]
     assert leftovers() == before
+
+
+TRACEPOINT_BAD_INPUT = [
+    (["run", "-b", "tracepoint", "-p", "mode=fast"], "must be one of stream, aggregate"),
+    (["run", "-b", "tracepoint", "-p", "hooks=state+bogus"], "unknown hook bogus"),
+    (["run", "-b", "tracepoint", "-p", "tracepoint.buffer_kib=1"], "must be >= 16"),
+    (["run", "-b", "tracepoint", "-p", "wakeup_batch=0"], "must be >= 1"),
+    (["run", "-b", "tracepoint", "-p", "transport=pipe"], "must be one of auto, ringbuf, perf"),
+    (["run", "-b", "tracepoint-empty", "-p", "mode=stream"], "unknown parameter 'mode'"),
+]
+
+
+@pytest.mark.parametrize("argv, message", TRACEPOINT_BAD_INPUT, ids=[" ".join(a) for a, _ in TRACEPOINT_BAD_INPUT])
+def test_tracepoint_bad_input_is_one_line_and_exit_2(argv, message):
+    result = tpbench(*argv)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert message in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,138 @@
+"""The tracepoint backend against the workload's declaration, the kernel's counters and an
+independent tracer (a private ftrace instance) on the same traffic."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness.system import read_sysctl
+from tests.conftest import FtraceCount, tpbench
+
+pytestmark = pytest.mark.root
+
+CHURN_PORT_FILTER = "sport == 7000 || dport == 7000"  # churn's server port: every socket of the run
+
+
+def _run(*params: str, backend: str = "tracepoint", tmp_path) -> dict:
+    result = tpbench("run", "-b", backend, "-w", "churn", "-p", ",".join(params), "--json", "-o", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    [cell] = json.loads(result.stdout)["cells"]
+    [trial] = cell["trials"]
+    assert trial["status"] == "ok", trial.get("traceback")
+    return trial
+
+
+def _program(trial: dict, event: str) -> dict:
+    return trial["observed"]["details"]["bpf_stats"]["programs"][f"tracepoint__{event.replace(':', '__')}"]
+
+
+def _check_churn_accounting(trial: dict, connections: int, ftrace_states: int | None = None) -> None:
+    observed, expected = trial["observed"], trial["ground_truth"]["expected"]
+    assert trial["ground_truth"]["generator"]["connections"] == connections
+    assert observed["details"]["lost_output"] == 0  # the buffer never filled at this size
+    state_misses = _program(trial, "sock:inet_sock_set_state")["recursion_misses"]
+    destroy_misses = _program(trial, "tcp:tcp_destroy_sock")["recursion_misses"]
+    expected_states = sum(expected[side]["events"]["state_change"] for side in ("client", "server"))
+    assert expected_states == 10 * connections + 2  # 5 per side per connection, + the listener
+    # every expected transition was seen, or the kernel says it skipped it (never silently)
+    assert observed["events"]["state_change"] + state_misses == expected_states
+    expected_destroys = sum(expected[side]["events"]["sock_destroy"] for side in ("client", "server"))
+    assert observed["events"]["sock_destroy"] + destroy_misses == expected_destroys
+    for side in ("client", "server"):
+        seen = observed["sides"][side]["transitions"]
+        assert set(seen) <= set(expected[side]["transitions"]), side
+        for transition, count in expected[side]["transitions"].items():
+            assert count - state_misses <= seen.get(transition, 0) <= count, (side, transition)
+    assert "other" not in observed["sides"]
+    # what the kernel's own counters say happened is what the observer saw
+    nstat = trial["ground_truth"]["nstat"]
+    for side in ("client", "server"):
+        events = observed["sides"][side]["events"]
+        assert events.get("reset_sent", 0) <= nstat[side]["TcpOutRsts"]
+        assert events.get("retransmit", 0) <= nstat[side]["TcpRetransSegs"]
+    if ftrace_states is not None:
+        assert ftrace_states == expected_states
+        assert _program(trial, "sock:inet_sock_set_state")["run_cnt"] + state_misses >= expected_states
+
+
+def test_stream_mode_sees_every_churn_transition_that_an_independent_tracer_sees(tmp_path):
+    with FtraceCount("sock:inet_sock_set_state", CHURN_PORT_FILTER) as ftrace:
+        trial = _run("connections=2000", "mode=stream", tmp_path=tmp_path)
+    assert ftrace.overrun == 0
+    _check_churn_accounting(trial, 2000, ftrace.count)
+    details = trial["observed"]["details"]
+    assert details["transport"] == "ringbuf" and details["mode"] == "stream"
+    assert details["consumer_cpu_s"] > 0
+    assert details["bpf_stats"]["ns_per_event"] > 0
+    # pid attribution: the client's active-side events carry the workload's own processes
+    client_pids = set(trial["ground_truth"]["pids"]["client"])
+    syn_sent = [a for a in details["attribution"] if a["side"] == "client" and a["kind"] == "state_change"]
+    assert {a["pid"] for a in syn_sent} & client_pids
+
+
+def test_aggregate_mode_counts_in_the_kernel_with_the_same_accounting(tmp_path):
+    with FtraceCount("sock:inet_sock_set_state", CHURN_PORT_FILTER) as ftrace:
+        trial = _run("connections=2000", "mode=aggregate", tmp_path=tmp_path)
+    _check_churn_accounting(trial, 2000, ftrace.count)
+    assert trial["observed"]["details"]["mode"] == "aggregate"
+    assert "consumer_cpu_s" not in trial["observed"]["details"]
+
+
+def test_perf_buffer_transport_keeps_the_same_accounting(tmp_path):
+    trial = _run("connections=1000", "transport=perf", tmp_path=tmp_path)
+    _check_churn_accounting(trial, 1000)
+    assert trial["observed"]["details"]["transport"] == "perf"
+
+
+def test_empty_programs_measure_the_in_kernel_floor(tmp_path):
+    trial = _run("connections=1000", backend="tracepoint-empty", tmp_path=tmp_path)
+    stats = trial["observed"]["details"]["bpf_stats"]
+    program = _program(trial, "sock:inet_sock_set_state")
+    assert program["run_cnt"] + program["recursion_misses"] >= 10 * 1000  # it ran for every event
+    assert stats["ns_per_event"] > 0
+    assert trial["observed"]["events"] == {}  # it counts nothing: only its own cost is measured
+
+
+def test_hook_selection_attaches_only_the_chosen_tracepoints(tmp_path):
+    trial = _run("connections=300", "hooks=state+destroy", tmp_path=tmp_path)
+    details = trial["observed"]["details"]
+    assert details["hooks_attached"] == ["sock:inet_sock_set_state", "tcp:tcp_destroy_sock"]
+    assert set(details["bpf_stats"]["programs"]) == {
+        "tracepoint__sock__inet_sock_set_state", "tracepoint__tcp__tcp_destroy_sock"}
+    assert set(trial["observed"]["events"]) == {"state_change", "sock_destroy"}
+
+
+LOOPBACK_CHURN = """
+import socket, time
+listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen(128)
+deadline = time.monotonic() + float(__import__("sys").argv[1])
+while time.monotonic() < deadline:
+    c = socket.create_connection(listener.getsockname()); a, _ = listener.accept(); a.close(); c.close()
+"""
+
+
+def test_the_hosts_other_tcp_traffic_is_filtered_out_in_the_kernel(tmp_path):
+    foreign = subprocess.Popen([sys.executable, "-c", LOOPBACK_CHURN, "30"])
+    try:
+        time.sleep(0.2)
+        trial = _run("connections=2000", tmp_path=tmp_path)
+    finally:
+        foreign.kill()
+        foreign.wait()
+    filtered = trial["observed"]["details"]["filtered_out"]
+    assert filtered.get("state_change", 0) > 0  # loopback connections were running meanwhile ...
+    _check_churn_accounting(trial, 2000)  # ... and none of them reached the results
+
+
+def test_a_run_leaves_no_program_attached_and_restores_bpf_stats(tmp_path):
+    def programs() -> set:
+        out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True)
+        return {p["id"] for p in json.loads(out.stdout) if p.get("name", "").startswith("tracepoint__")}
+
+    before_programs, before_stats = programs(), read_sysctl("kernel.bpf_stats_enabled")
+    _run("connections=200", tmp_path=tmp_path)
+    assert programs() == before_programs
+    assert read_sysctl("kernel.bpf_stats_enabled") == before_stats
