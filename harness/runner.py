@@ -43,7 +43,11 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return f"{self.workload.name}/{self.backend.name}"
+        """`churn/tracepoint`, or `churn/tracepoint[mode=aggregate]` when a backend parameter
+        differs from its default (the same backend can be measured in several settings)."""
+        changed = [f"{p.name}={self.backend_params[p.name]}" for p in self.backend.params
+                   if self.backend_params.get(p.name) != p.default]
+        return f"{self.workload.name}/{self.backend.name}" + (f"[{','.join(changed)}]" if changed else "")
 
 
 def plan(workload_names: list[str], backend_names: list[str], assignments: dict[str, str]) -> list[Cell]:
@@ -63,6 +67,10 @@ def plan(workload_names: list[str], backend_names: list[str], assignments: dict[
         plugins[plugin.name] = tuple(plugin.params)
     routed = split_for_plugins(assignments, plugins)
     resolved = {name: resolve(name, plugins[name], given) for name, given in routed.items()}
+    for plugin in (*workloads, *backends):
+        check = getattr(plugin, "check_params", None)  # optional: constraints between parameters
+        if check is not None:
+            check(resolved[plugin.name])
     return [
         Cell(workload, backend, resolved[workload.name], resolved[backend.name])
         for workload in workloads

@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(
   python3-bpfcc libbpfcc     # bcc: the tracepoint and kprobe backends
+  libbpf-dev                 # the tracepoint backend's C ring-buffer consumer (built with gcc)
   linux-headers-amd64        # headers for bcc's compiler (fallback headers on kernels without their own)
   bpftool                    # independent view of loaded programs (cleanup checks, bpf_stats)
   linux-perf                 # an independent, non-BPF tracer for the tests (perf stat + ftrace filter)

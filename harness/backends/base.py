@@ -1,6 +1,7 @@
 """What a backend (an observer) is: a small object with hooks; the runner owns the measurement.
 
     availability(probe) -> Availability   asks the capability probe, never the kernel directly
+    check_params(params)                  optional: refuse combinations of parameters (UsageError)
     attach(topology, params) -> Attachment   load programs / open captures (timed apart)
     Attachment.detach() -> Observation    stop observing, return what was seen and what it cost
     Attachment.close()                    release everything without results (error paths)

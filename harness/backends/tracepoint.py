@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
+import json
 import os
 import socket
 import struct
+import subprocess
 import tempfile
 import threading
 import time
@@ -38,13 +41,15 @@ from typing import Any
 
 from netns import CLIENT_ADDRESS, SERVER_ADDRESS, SUBNET, Topology
 
-from ..headers import find_headers
+from ..errors import UsageError
+from ..headers import CACHE_DIR, find_headers
 from ..kernel import KernelProbe, probe_ringbuf, probe_tracepoints
 from ..params import Param
 from ..system import sysctl_set
 from .base import EVENT_KINDS, SIDES, Availability, Observation
 
 SOURCE = Path(__file__).with_name("tracepoint.bpf.c")
+CONSUMER_SOURCE = Path(__file__).with_name("ringbuf_consumer.c")
 
 # short name -> tracepoint; `-p hooks=state+destroy` selects some, `all` (default) every one
 HOOKS = {
@@ -157,6 +162,117 @@ def _compile(text: bytes, cflags: list[str]):
             ) from None
 
 
+def _count_key(counts: Counter, attribution: Counter, key: bytes, n: int) -> None:
+    """key: bytes 16..24 (pid, kind, side, old, new) and 40..56 (comm) of an event."""
+    pid, kind, side, old, new = _KEY.unpack_from(key)
+    counts[(side, kind, old, new)] += n
+    attribution[(side, kind, pid, key[8:].split(b"\0", 1)[0].decode(errors="replace"))] += n
+
+
+def consumer_binary() -> Path:
+    """The C consumer, built once per source version with gcc and libbpf (make setup installs both)."""
+    source = CONSUMER_SOURCE.read_bytes()
+    binary = CACHE_DIR / "bin" / f"ringbuf_consumer-{hashlib.sha256(source).hexdigest()[:12]}"
+    if binary.exists():
+        return binary
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    staging = binary.with_name(binary.name + f".tmp-{os.getpid()}")
+    build = subprocess.run(["gcc", "-O2", "-Wall", "-o", str(staging), str(CONSUMER_SOURCE), "-lbpf"],
+                           capture_output=True, text=True)
+    if build.returncode != 0:
+        first = next((line for line in build.stderr.splitlines() if "error" in line), build.stderr.strip())
+        raise BackendError(f"cannot build the C ring-buffer consumer (gcc, libbpf-dev): {first}")
+    staging.rename(binary)
+    return binary
+
+
+class _PythonConsumer:
+    """A thread in this process: bcc's callbacks, one per event. What a Python tool costs."""
+
+    name = "python"
+
+    def __init__(self, bpf: Any, transport: str, per_cpu_pages: int, wakeup_batch: int):
+        self.counts: dict[bytes, int] = {}
+        self.lost_callback = 0
+        self.cpu_s = 0.0
+        self.stop_flag = threading.Event()
+        table = bpf["events"]
+        if transport == "ringbuf":
+            table.open_ring_buffer(self._on_event)
+            poll, consume = bpf.ring_buffer_poll, bpf.ring_buffer_consume
+        else:
+            table.open_perf_buffer(self._on_event, page_cnt=per_cpu_pages, lost_cb=self._on_lost,
+                                   wakeup_events=wakeup_batch)
+            poll, consume = bpf.perf_buffer_poll, bpf.perf_buffer_consume
+        self.thread = threading.Thread(target=self._run, args=(poll, consume),
+                                       name="tpbench-tracepoint-consumer", daemon=True)
+        self.thread.start()
+
+    def _on_event(self, ctx: Any, data: int, size: int) -> None:
+        raw = ctypes.string_at(data, size)  # one event, or a batch of them
+        counts = self.counts
+        for offset in range(0, size - EVENT_SIZE + 1, EVENT_SIZE):
+            key = raw[offset + 16 : offset + 24] + raw[offset + 40 : offset + 56]  # pid..new + comm
+            counts[key] = counts.get(key, 0) + 1
+
+    def _on_lost(self, count: int) -> None:
+        self.lost_callback += count
+
+    def _run(self, poll: Any, consume: Any) -> None:
+        begin = time.thread_time()
+        while not self.stop_flag.is_set():
+            poll(POLL_TIMEOUT_MS)  # wakes on batched forced wake-ups ...
+            consume()  # ... and drains what was queued without one
+        consume()
+        self.cpu_s = time.thread_time() - begin
+
+    def stop(self) -> dict[str, Any]:
+        if self.thread.is_alive():
+            self.stop_flag.set()
+            self.thread.join()
+        counts, attribution = Counter(), Counter()
+        for key, n in self.counts.items():
+            _count_key(counts, attribution, key, n)
+        return {"counts": counts, "attribution": attribution, "cpu_s": self.cpu_s,
+                "lost_callback": self.lost_callback}
+
+
+class _CConsumer:
+    """ringbuf_consumer.c in its own process, reading the ring through libbpf: what libbpf-tools cost."""
+
+    name = "c"
+
+    def __init__(self, bpf: Any):
+        fd = bpf["events"].map_fd
+        self.process = subprocess.Popen([str(consumer_binary()), str(fd)], pass_fds=(fd,),
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+        ready = self.process.stdout.readline()
+        if not ready:
+            error = self.process.stderr.read().strip()
+            self.process.wait()
+            raise BackendError(f"the C consumer did not start: {error}")
+
+    def stop(self) -> dict[str, Any]:
+        out, err = self.process.communicate(timeout=30)  # closing stdin tells it to drain and report
+        if self.process.returncode != 0:
+            raise BackendError(f"the C consumer failed ({self.process.returncode}): {err.strip()}")
+        report = json.loads(out)
+        return {
+            "counts": Counter({(s, k, o, n): c for s, k, o, n, c in report["counts"]}),
+            "attribution": Counter({(s, k, pid, comm): c for s, k, pid, comm, c in report["attribution"]}),
+            "cpu_s": report["cpu_s"],
+            "lost_callback": 0,
+            "max_rss_kib": report["max_rss_kib"],
+            "attribution_overflow": report["attribution_overflow"],
+        }
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
+
+
 class _Session:
     """One attachment: programs loaded and attached, consumer running, bpf_stats on."""
 
@@ -165,11 +281,7 @@ class _Session:
         self.mode = "empty" if backend.empty else params["mode"]
         self.params = params
         self.closed = False
-        self.consumer: threading.Thread | None = None
-        self.stop = threading.Event()
-        self.counts: dict[bytes, int] = {}
-        self.lost_callback = 0
-        self.consumer_cpu_s = 0.0
+        self.consumer: _PythonConsumer | _CConsumer | None = None
         self.exit = contextlib.ExitStack()
         try:
             self._attach()
@@ -184,12 +296,18 @@ class _Session:
         self.absent = {tp: caps[f"tracepoint:{tp}"].reason for tp in selected if tp not in self.attached}
         if not self.attached:
             raise BackendError(f"none of the selected tracepoints exists here: {self.absent}")
-        self.transport = None
+        self.transport = self.consumer_kind = None
         if self.mode == "stream":
             choice = self.params["transport"]
             if choice == "auto":
                 choice = "ringbuf" if probe_ringbuf().available else "perf"
             self.transport = choice
+            consumer = self.params["consumer"]
+            if consumer == "auto":
+                consumer = "c" if choice == "ringbuf" else "python"
+            if consumer == "c" and choice != "ringbuf":
+                raise BackendError("consumer=c reads a BPF ring buffer: use transport=ringbuf (or consumer=python)")
+            self.consumer_kind = consumer
         headers = find_headers()
         net, _, prefix = SUBNET.partition("/")
         mask = socket.inet_ntoa(struct.pack("!I", (0xFFFFFFFF << (32 - int(prefix))) & 0xFFFFFFFF))
@@ -209,10 +327,11 @@ class _Session:
             cflags.append("-DMODE_AGGREGATE=1")
         self.buffer_bytes = self.params.get("buffer_kib", 0) * 1024
         self.wakeup_batch = self.params.get("wakeup_batch", 1)
+        self.batch = self.params.get("batch", 1) if self.transport == "ringbuf" else 1
         if self.transport == "ringbuf":
             self.ring_pages = _pow2_at_least(self.buffer_bytes // 4096)
             cflags += ["-DTRANSPORT_RINGBUF=1", f"-DRINGBUF_PAGES={self.ring_pages}",
-                       f"-DWAKEUP_BATCH={self.wakeup_batch}"]
+                       f"-DWAKEUP_BATCH={self.wakeup_batch}", f"-DBATCH={self.batch}"]
         self.cflags = cflags
         # bpf_stats costs two clock reads per program run: on only while we measure, then restored
         self.exit.enter_context(sysctl_set("kernel.bpf_stats_enabled", "1"))
@@ -224,44 +343,16 @@ class _Session:
         self.stats_before = {name: _read_prog_stats(fd) for name, fd in self.programs.items()}
 
     def _open_buffer(self) -> None:
-        table = self.bpf["events"]
-        if self.transport == "ringbuf":
-            table.open_ring_buffer(self._on_event)
-            poll, consume = self.bpf.ring_buffer_poll, self.bpf.ring_buffer_consume
+        self.perf_pages_per_cpu = _pow2_at_least(max(1, self.buffer_bytes // 4096 // (os.cpu_count() or 1)))
+        if self.consumer_kind == "c":
+            self.consumer = _CConsumer(self.bpf)
         else:
-            per_cpu_pages = _pow2_at_least(max(1, self.buffer_bytes // 4096 // (os.cpu_count() or 1)))
-            self.perf_pages_per_cpu = per_cpu_pages
-            table.open_perf_buffer(self._on_event, page_cnt=per_cpu_pages, lost_cb=self._on_lost,
-                                   wakeup_events=self.wakeup_batch)
-            poll, consume = self.bpf.perf_buffer_poll, self.bpf.perf_buffer_consume
-        self.consumer = threading.Thread(target=self._consume, args=(poll, consume),
-                                         name="tpbench-tracepoint-consumer", daemon=True)
-        self.consumer.start()
-
-    def _on_event(self, ctx: Any, data: int, size: int) -> None:
-        raw = ctypes.string_at(data, EVENT_SIZE)
-        key = raw[16:24] + raw[40:56]  # pid, kind, side, old, new + comm
-        self.counts[key] = self.counts.get(key, 0) + 1
-
-    def _on_lost(self, count: int) -> None:
-        self.lost_callback += count
-
-    def _consume(self, poll, consume) -> None:
-        begin = time.thread_time()
-        while not self.stop.is_set():
-            poll(POLL_TIMEOUT_MS)  # wakes on batched forced wake-ups ...
-            consume()  # ... and drains what was queued without one
-        consume()
-        self.consumer_cpu_s = time.thread_time() - begin
-
-    def _stop_consumer(self) -> None:
-        if self.consumer is not None:
-            self.stop.set()
-            self.consumer.join()
-            self.consumer = None
+            self.consumer = _PythonConsumer(self.bpf, self.transport, self.perf_pages_per_cpu, self.wakeup_batch)
 
     def detach(self) -> Observation:
-        self._stop_consumer()
+        consumed = self.consumer.stop() if self.consumer is not None else None
+        self.consumer = None
+        staged = self._collect_staged(consumed) if consumed is not None and self.batch > 1 else 0
         stats_after = {name: _read_prog_stats(fd) for name, fd in self.programs.items()}
         observation = Observation()
         filtered = self._percpu_sums("filtered", len(EVENT_KINDS))
@@ -270,10 +361,10 @@ class _Session:
         if self.mode == "aggregate":
             self._read_aggregates(observation)
         elif self.mode == "stream":
-            attribution = self._decode_stream(observation)
+            attribution = self._decode_stream(observation, consumed)
             # a full ring (reserve failed) or perf buffer (submit failed; the same drops reach
             # the lost callback as PERF_RECORD_LOST, so take the larger, never the sum)
-            lost_output = max(self._percpu_sums("lost", 1)[0], self.lost_callback)
+            lost_output = max(self._percpu_sums("lost", 1)[0], consumed["lost_callback"])
         programs = {}
         for name, fd in self.programs.items():
             runs = stats_after[name]["run_cnt"] - self.stats_before[name]["run_cnt"]
@@ -306,17 +397,35 @@ class _Session:
         if self.mode == "stream":
             observation.details.update(
                 {
-                    "consumer_cpu_s": round(self.consumer_cpu_s, 4),
-                    "lost_callback": self.lost_callback,
+                    "consumer": self.consumer_kind,
+                    "consumer_cpu_s": round(consumed["cpu_s"], 4),
+                    "consumer_max_rss_kib": consumed.get("max_rss_kib"),
+                    "lost_callback": consumed["lost_callback"],
                     "buffer_bytes": (self.ring_pages * 4096 if self.transport == "ringbuf"
                                      else self.perf_pages_per_cpu * 4096 * (os.cpu_count() or 1)),
                     "wakeup_batch": self.wakeup_batch,
+                    "batch": self.batch,
+                    "staged_at_detach": staged,
                     "event_bytes": EVENT_SIZE,
                     "attribution": attribution,
                 }
             )
         self.close()
         return observation
+
+    def _collect_staged(self, consumed: dict[str, Any]) -> int:
+        """Events still staged in each CPU's partial batch: read from the map, counted like the rest."""
+        table = self.bpf["staging"]
+        collected = 0
+        for per_cpu in table[table.Key(0)]:
+            raw = bytes(per_cpu)
+            staged = struct.unpack_from("<I", raw)[0] & (self.batch - 1)
+            for i in range(staged):
+                offset = 8 + i * EVENT_SIZE
+                key = raw[offset + 16 : offset + 24] + raw[offset + 40 : offset + 56]
+                _count_key(consumed["counts"], consumed["attribution"], key, 1)
+            collected += staged
+        return collected
 
     def _percpu_sums(self, name: str, entries: int) -> list[int]:
         table = self.bpf[name]
@@ -336,17 +445,16 @@ class _Session:
                     if n:
                         _add(observation, side, "transitions", _transition(old, new), n)
 
-    def _decode_stream(self, observation: Observation) -> list[dict[str, Any]]:
-        attribution: list[dict[str, Any]] = []
-        for key, n in self.counts.items():
-            pid, kind, side, old, new = _KEY.unpack_from(key)
+    def _decode_stream(self, observation: Observation, consumed: dict[str, Any]) -> list[dict[str, Any]]:
+        for (side, kind, old, new), n in consumed["counts"].items():
             side_name = SIDE_NAMES[side] if side < len(SIDE_NAMES) else "other"
-            kind_name = EVENT_KINDS[kind]
-            _add(observation, side_name, "events", kind_name, n)
-            if kind_name == "state_change":
+            _add(observation, side_name, "events", EVENT_KINDS[kind], n)
+            if EVENT_KINDS[kind] == "state_change":
                 _add(observation, side_name, "transitions", _transition(old, new), n)
-            comm = key[8:].split(b"\0", 1)[0].decode(errors="replace")
-            attribution.append({"side": side_name, "kind": kind_name, "pid": pid, "comm": comm, "count": n})
+        attribution = [
+            {"side": SIDE_NAMES[side], "kind": EVENT_KINDS[kind], "pid": pid, "comm": comm, "count": n}
+            for (side, kind, pid, comm), n in consumed["attribution"].items()
+        ]
         attribution.sort(key=lambda a: -a["count"])
         return attribution
 
@@ -355,7 +463,11 @@ class _Session:
         if self.closed:
             return
         self.closed = True
-        self._stop_consumer()
+        if isinstance(self.consumer, _CConsumer):
+            self.consumer.kill()
+        elif self.consumer is not None:
+            self.consumer.stop()
+        self.consumer = None
         self.exit.close()
 
 
@@ -390,10 +502,15 @@ class TracepointBackend:
                 hooks_param,
                 Param("transport", str, "auto", "stream transport (auto: ring buffer where the kernel has one)",
                       choices=("auto", "ringbuf", "perf")),
+                Param("consumer", str, "auto", "stream consumer: c (libbpf, like libbpf-tools) or python "
+                      "(bcc callbacks); auto: c with a ring buffer", choices=("auto", "c", "python")),
                 Param("buffer_kib", int, 8192, "stream buffer size in KiB (ring total, or perf over all CPUs)",
                       minimum=16, maximum=1 << 20),
-                Param("wakeup_batch", int, 64, "events per consumer wake-up (1: wake on every event)",
+                Param("wakeup_batch", int, 64, "unbatched ring: events per consumer wake-up (1: every event)",
                       minimum=1, maximum=65536),
+                Param("batch", int, 32, "ring buffer: events staged per CPU and emitted together "
+                      "(1: reserve/submit each event)", minimum=1, maximum=256,
+                      check=lambda n: None if n & (n - 1) == 0 else "must be a power of two"),
             )
 
     def availability(self, probe: KernelProbe) -> Availability:
@@ -406,6 +523,10 @@ class TracepointBackend:
             return Availability(False, "none of the seven TCP tracepoints exists on this kernel", missing)
         note = f"; absent here: {', '.join(missing)}" if missing else ""
         return Availability(True, f"{len(self.hooks) - len(missing)} of {len(self.hooks)} tracepoints{note}", missing)
+
+    def check_params(self, params: dict[str, Any]) -> None:
+        if params.get("consumer") == "c" and params.get("transport") == "perf":
+            raise UsageError("tracepoint: consumer=c reads a BPF ring buffer; it cannot be used with transport=perf")
 
     def attach(self, topology: Topology, params: dict[str, Any]) -> _Session:
         return _Session(self, params)

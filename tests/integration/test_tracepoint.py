@@ -64,8 +64,9 @@ def test_stream_mode_sees_every_churn_transition_that_an_independent_tracer_sees
     assert ftrace.overrun == 0
     _check_churn_accounting(trial, 2000, ftrace.count)
     details = trial["observed"]["details"]
-    assert details["transport"] == "ringbuf" and details["mode"] == "stream"
+    assert (details["transport"], details["mode"], details["consumer"]) == ("ringbuf", "stream", "c")
     assert details["consumer_cpu_s"] > 0
+    assert 0 < details["consumer_max_rss_kib"] < 64 * 1024  # fixed arrays + the mapped ring
     assert details["bpf_stats"]["ns_per_event"] > 0
     # pid attribution: the client's active-side events carry the workload's own processes
     client_pids = set(trial["ground_truth"]["pids"]["client"])
@@ -81,10 +82,23 @@ def test_aggregate_mode_counts_in_the_kernel_with_the_same_accounting(tmp_path):
     assert "consumer_cpu_s" not in trial["observed"]["details"]
 
 
+def test_unbatched_ring_buffer_keeps_the_same_accounting(tmp_path):
+    trial = _run("connections=1000", "batch=1", tmp_path=tmp_path)
+    _check_churn_accounting(trial, 1000)
+    assert trial["observed"]["details"]["batch"] == 1
+
+
+def test_python_consumer_keeps_the_same_accounting(tmp_path):
+    trial = _run("connections=1000", "consumer=python", tmp_path=tmp_path)
+    _check_churn_accounting(trial, 1000)
+    assert trial["observed"]["details"]["consumer"] == "python"
+
+
 def test_perf_buffer_transport_keeps_the_same_accounting(tmp_path):
     trial = _run("connections=1000", "transport=perf", tmp_path=tmp_path)
     _check_churn_accounting(trial, 1000)
-    assert trial["observed"]["details"]["transport"] == "perf"
+    details = trial["observed"]["details"]
+    assert (details["transport"], details["consumer"]) == ("perf", "python")
 
 
 def test_empty_programs_measure_the_in_kernel_floor(tmp_path):

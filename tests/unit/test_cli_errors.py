@@ -68,6 +68,9 @@ TRACEPOINT_BAD_INPUT = [
     (["run", "-b", "tracepoint", "-p", "wakeup_batch=0"], "must be >= 1"),
     (["run", "-b", "tracepoint", "-p", "transport=pipe"], "must be one of auto, ringbuf, perf"),
     (["run", "-b", "tracepoint-empty", "-p", "mode=stream"], "unknown parameter 'mode'"),
+    (["run", "-b", "tracepoint", "-p", "consumer=c,transport=perf"], "cannot be used with transport=perf"),
+    (["run", "-b", "tracepoint", "-p", "consumer=rust"], "must be one of auto, c, python"),
+    (["run", "-b", "tracepoint", "-p", "batch=3"], "must be a power of two"),
 ]
 
 
