@@ -25,9 +25,19 @@ from pyroute2 import IPRoute, netns
 NAME_PREFIX = "tpb"
 SUBNET = "198.18.0.0/15"
 PREFIX_LENGTH = 24
-CLIENT_ADDRESS = "198.18.0.1"
-SERVER_ADDRESS = "198.18.0.2"
 NETNS_DIR = Path("/run/netns")
+
+
+def pair_addresses(topology_id: str) -> tuple[str, str]:
+    """(client, server) for a topology: .1 and .2 of its own /24 inside 198.18.0.0/15.
+
+    Each topology gets one of the 512 /24s, chosen by its random id, so an observer that keeps
+    only its topology's two addresses never counts another topology's traffic (another tpbench
+    run, or a test running beside one).
+    """
+    index = int(topology_id, 16) % 512
+    prefix = f"198.{18 + index // 256}.{index % 256}"
+    return f"{prefix}.1", f"{prefix}.2"
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -134,8 +144,9 @@ class Topology:
         self.guard = guard
         self.id = secrets.token_hex(3)
         base = f"{NAME_PREFIX}-{run_id}-{self.id}"
-        self.client = Host("client", f"{base}-client", f"{NAME_PREFIX}{self.id}c", CLIENT_ADDRESS)
-        self.server = Host("server", f"{base}-server", f"{NAME_PREFIX}{self.id}s", SERVER_ADDRESS)
+        client_address, server_address = pair_addresses(self.id)
+        self.client = Host("client", f"{base}-client", f"{NAME_PREFIX}{self.id}c", client_address)
+        self.server = Host("server", f"{base}-server", f"{NAME_PREFIX}{self.id}s", server_address)
         self.setup_s: float | None = None
 
     @property

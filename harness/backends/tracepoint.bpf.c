@@ -19,7 +19,7 @@
 //   RINGBUF_PAGES           ring size in pages;  WAKEUP_BATCH: events per forced wake-up
 //   BATCH                   with a ring buffer: events staged per CPU and emitted BATCH at a time
 //                           (one ringbuf_output per batch instead of a reserve/submit per event)
-//   CLIENT_ADDR, SERVER_ADDR, SUBNET_NET, SUBNET_MASK: IPv4, as a native load of network bytes
+//   CLIENT_ADDR, SERVER_ADDR  the topology's two addresses, as a native load of network bytes
 
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/in.h>
@@ -40,7 +40,7 @@ enum event_kind {
     KIND_PROBE = 6,
     NKINDS = 7,
 };
-#define NSIDES 3   // 0 client, 1 server, 2 another address in the subnet
+#define NSIDES 3   // 0 client, 1 server, 2 neither (a local address that is not the pair's)
 #define NSTATES 16 // TCP_ESTABLISHED (1) .. TCP_NEW_SYN_RECV (12), rounded up
 
 // 56 bytes. `sk` is the socket's kernel address: its identity while it lives (0: no socket).
@@ -102,9 +102,10 @@ static __always_inline int handle(void *ctx, u8 kind, u16 family, u32 saddr, u32
                                   u16 sport, u16 dport, const void *sk, int oldstate,
                                   int newstate, u32 extra)
 {
-    // The harness's traffic only: IPv4 inside 198.18.0.0/15, counted apart otherwise.
-    if (family != AF_INET ||
-        ((saddr & SUBNET_MASK) != SUBNET_NET && (daddr & SUBNET_MASK) != SUBNET_NET)) {
+    // This topology's traffic only: IPv4 to or from its two addresses (each topology has its own
+    // /24), everything else counted apart as filtered.
+    if (family != AF_INET || (saddr != CLIENT_ADDR && saddr != SERVER_ADDR &&
+                              daddr != CLIENT_ADDR && daddr != SERVER_ADDR)) {
         u32 key = kind;
         bump(filtered.lookup(&key));
         return PASS_ON;

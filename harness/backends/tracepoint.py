@@ -16,8 +16,9 @@ Modes (both measured, `-p mode=...`):
 In-kernel cost comes from the kernel itself: kernel.bpf_stats_enabled is set for the trial (and
 restored) and each program's run_cnt and run_time_ns are read from its fd's fdinfo.
 
-Only the harness's traffic is observed: the programs skip events whose addresses are outside
-198.18.0.0/15 (or not IPv4) and count them as filtered. Passive-side events (a SYN_RECV child, a
+Only the trial's own traffic is observed: the programs skip events that are not to or from the
+topology's two addresses (each topology has its own /24 of 198.18.0.0/15) and count them as
+filtered. Passive-side events (a SYN_RECV child, a
 received FIN) run in softirq, so their pid/comm are those of whichever task was interrupted: they
 are recorded anyway, because attribution accuracy is one of the things the harness measures.
 """
@@ -39,7 +40,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from netns import CLIENT_ADDRESS, SERVER_ADDRESS, SUBNET, Topology
+from netns import Topology
 
 from ..errors import UsageError
 from ..headers import CACHE_DIR, find_headers
@@ -66,7 +67,7 @@ STATE_NAMES = {
     1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
     7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV",
 }
-SIDE_NAMES = (*SIDES, "other")  # "other": another address inside the subnet
+SIDE_NAMES = (*SIDES, "other")  # "other": the local address is neither of the pair's
 NSTATES = 16
 EVENT_SIZE = 56
 _KEY = struct.Struct("<I4B")  # pid, kind, side, oldstate, newstate: bytes 16..24 of an event
@@ -276,7 +277,8 @@ class _CConsumer:
 class _Session:
     """One attachment: programs loaded and attached, consumer running, bpf_stats on."""
 
-    def __init__(self, backend: "TracepointBackend", params: dict[str, Any]):
+    def __init__(self, backend: "TracepointBackend", topology: Topology, params: dict[str, Any]):
+        self.topology = topology
         self.empty = backend.empty
         self.mode = "empty" if backend.empty else params["mode"]
         self.params = params
@@ -309,13 +311,9 @@ class _Session:
                 raise BackendError("consumer=c reads a BPF ring buffer: use transport=ringbuf (or consumer=python)")
             self.consumer_kind = consumer
         headers = find_headers()
-        net, _, prefix = SUBNET.partition("/")
-        mask = socket.inet_ntoa(struct.pack("!I", (0xFFFFFFFF << (32 - int(prefix))) & 0xFFFFFFFF))
         cflags = [
-            f"-DCLIENT_ADDR={_native_u32(CLIENT_ADDRESS)}U",
-            f"-DSERVER_ADDR={_native_u32(SERVER_ADDRESS)}U",
-            f"-DSUBNET_NET={_native_u32(net)}U",
-            f"-DSUBNET_MASK={_native_u32(mask)}U",
+            f"-DCLIENT_ADDR={_native_u32(self.topology.client.address)}U",
+            f"-DSERVER_ADDR={_native_u32(self.topology.server.address)}U",
             *(f"-DHOOK_{tp.split(':')[1]}=1" for tp in self.attached),
             *format_flags(caps, self.attached),
         ]
@@ -529,4 +527,4 @@ class TracepointBackend:
             raise UsageError("tracepoint: consumer=c reads a BPF ring buffer; it cannot be used with transport=perf")
 
     def attach(self, topology: Topology, params: dict[str, Any]) -> _Session:
-        return _Session(self, params)
+        return _Session(self, topology, params)

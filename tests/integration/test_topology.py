@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from netns import CLIENT_ADDRESS, SERVER_ADDRESS, Topology
+from netns import Topology
 from tests.conftest import leftovers
 
 pytestmark = pytest.mark.root
@@ -37,19 +37,22 @@ def test_topology_up_and_down_leaves_nothing():
 
 def test_hosts_reach_each_other_and_nothing_else():
     with Topology("test") as topo:
+        server = topo.server.address
+        assert topo.client.address.rsplit(".", 1)[0] == server.rsplit(".", 1)[0]  # one /24
+        assert server.startswith(("198.18.", "198.19.")) and server.endswith(".2")
         listener = topo.server.popen(
             ["python3", "-c", "import socket,sys;s=socket.socket();s.bind(('%s',9));s.listen();"
-             "print(1,flush=True);s.accept()" % SERVER_ADDRESS],
+             "print(1,flush=True);s.accept()" % server],
             stdout=subprocess.PIPE, text=True,
         )
         assert listener.stdout.readline().strip() == "1"
-        assert topo.client.run(_connect, SERVER_ADDRESS, 9) == "connected"
+        assert topo.client.run(_connect, server, 9) == "connected"
         listener.wait(timeout=5)
-        assert topo.client.run(_connect, SERVER_ADDRESS, 10) == "ECONNREFUSED"
+        assert topo.client.run(_connect, server, 10) == "ECONNREFUSED"
         # no default route: any address outside the pair is unreachable, not merely filtered
         assert topo.client.run(_connect, "192.0.2.1", 80) == "ENETUNREACH"
         routes = topo.client.run(_routes)
-        assert "default" not in routes and f"src {CLIENT_ADDRESS}" in routes
+        assert "default" not in routes and f"src {topo.client.address}" in routes
 
 
 def test_teardown_survives_an_exception_and_kills_what_runs_inside():
