@@ -6,11 +6,11 @@ STAMP   := $(VENV)/.setup-done
 # A quick run by default; BENCH_ARGS adds options, e.g. make bench BENCH_ARGS="--trials 5"
 BENCH_ARGS ?=
 
-.PHONY: setup bench test test-unit clean
+.PHONY: setup bench benchmarks test test-unit clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup.sh
+$(STAMP): pyproject.toml scripts/setup.sh $(wildcard harness/agents/c/*.c)
 	bash scripts/setup.sh
 	touch $@
 
@@ -19,6 +19,10 @@ bench: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests
+
+# pytest-benchmark suite (root): generators against C and iperf3 references; never part of `make test`
+benchmarks: $(STAMP)
+	$(PY) -m pytest benchmarks --benchmark-only
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit

@@ -17,6 +17,7 @@ PACKAGES=(
   iptables iproute2 ethtool  # loss workloads, namespaces, offload settings
   tcpdump libpcap0.8         # the libpcap backend's C consumer and an independent capture
   python3-venv gcc make      # the venv and the C reference generator
+  iperf3                     # the stream benchmark's reference (benchmarks/)
 )
 
 missing=()
@@ -48,6 +49,9 @@ echo "$(pwd)/.venv/bcc-only" > "$site/tpbench-bcc-only.pth"
 
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# The agents whose hot loop is C (harness/agents/c/), into .venv/libexec/tpbench/
+.venv/bin/python -c "from harness.workloads.native import main; main()"
 
 .venv/bin/python - <<'PY'
 import bcc, pyroute2, scapy, pytest

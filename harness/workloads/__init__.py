@@ -5,8 +5,15 @@ from __future__ import annotations
 from ..errors import UsageError
 from .base import GroundTruth, Workload, WorkloadError
 from .churn import Churn
+from .resets import Resets
+from .rr import RequestResponse
+from .stream import Loss, Stream
+from .synack import SynAck
 
-WORKLOADS: dict[str, Workload] = {workload.name: workload for workload in (Churn(),)}
+WORKLOADS: dict[str, Workload] = {
+    workload.name: workload
+    for workload in (Churn(), RequestResponse(), Stream(), Resets(), Loss(), SynAck())
+}
 
 
 def get_workload(name: str) -> Workload:

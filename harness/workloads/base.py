@@ -12,11 +12,95 @@ import json
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from netns import Host, Topology
 
 from ..params import Param
+
+
+# Per-side expectation keys (GroundTruth.expected[side]):
+#   transitions   "OLD->NEW" -> exact count (sock:inet_sock_set_state)
+#   events        event kind (backends/base.py EVENT_KINDS) -> exact count; state_change is the
+#                 sum of transitions
+#   nstat         nstat counter name -> exact delta in this side's namespace
+#   at_least      event kind or nstat name -> a lower bound (where the exact count depends on timing)
+#   equals_nstat  event kind -> nstat name whose delta it must equal (both are counted by the same
+#                 kernel function, e.g. tcp_rtx_synack: trace_tcp_retransmit_synack + TCPSynRetrans)
+#   inexact       event kind or nstat name -> why no exact count is declared for it
+EXPECTATION_KEYS = ("transitions", "events", "nstat", "at_least", "equals_nstat", "inexact")
+
+# The state transitions of one connection, by phase and role. The server's child socket is cloned
+# from the listener, hence LISTEN->SYN_RECV. A socket entering TIME_WAIT (or an orphaned FIN_WAIT2)
+# becomes a timewait sock, which takes no tcp_set_state: FIN_WAIT2->CLOSE is the full socket's last
+# transition, whether the peer's FIN came before or with the ACK of our own.
+OPEN = {
+    "client": {"CLOSE->SYN_SENT": 1, "SYN_SENT->ESTABLISHED": 1},
+    "server": {"LISTEN->SYN_RECV": 1, "SYN_RECV->ESTABLISHED": 1},
+}
+ACTIVE_CLOSE = {"ESTABLISHED->FIN_WAIT1": 1, "FIN_WAIT1->FIN_WAIT2": 1, "FIN_WAIT2->CLOSE": 1}
+PASSIVE_CLOSE = {"ESTABLISHED->CLOSE_WAIT": 1, "CLOSE_WAIT->LAST_ACK": 1, "LAST_ACK->CLOSE": 1}
+# SO_LINGER {1, 0} on the aborting side (tcp_disconnect), and tcp_reset on the peer.
+ABORT = {"ESTABLISHED->CLOSE": 1}
+# A listening socket, once per trial.
+LISTENER = {"CLOSE->LISTEN": 1, "LISTEN->CLOSE": 1}
+SIDES = ("client", "server")
+
+
+def connection_transitions(closer: str) -> dict[str, dict[str, int]]:
+    """One orderly connection's transitions per side; `closer` ("client"|"server") closes first."""
+    return {
+        side: {**OPEN[side], **(ACTIVE_CLOSE if side == closer else PASSIVE_CLOSE)} for side in SIDES
+    }
+
+
+def scaled(per_unit: dict[str, int], n: int) -> dict[str, int]:
+    return {name: count * n for name, count in per_unit.items() if count * n}
+
+
+def add_counts(*parts: dict[str, int]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in parts:
+        for name, count in part.items():
+            total[name] = total.get(name, 0) + count
+    return {name: count for name, count in total.items() if count}
+
+
+def side_expectation(
+    transitions: dict[str, int],
+    events: dict[str, int] | None = None,
+    nstat: dict[str, int] | None = None,
+    at_least: dict[str, int] | None = None,
+    equals_nstat: dict[str, str] | None = None,
+    inexact: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One side's declaration; state_change is derived from the transitions, never typed twice."""
+    return {
+        "transitions": dict(sorted(transitions.items())),
+        "events": {"state_change": sum(transitions.values()), **(events or {})},
+        "nstat": dict(nstat or {}),
+        "at_least": dict(at_least or {}),
+        "equals_nstat": dict(equals_nstat or {}),
+        "inexact": dict(inexact or {}),
+    }
+
+
+def opens_nstat(
+    active_opens: int = 0,
+    passive_opens: int = 0,
+    attempt_fails: int = 0,
+    out_rsts: int = 0,
+    estab_resets: int = 0,
+) -> dict[str, int]:
+    """The counters a workload must move exactly (RFC 4022 names, as nstat prints them)."""
+    return {
+        "TcpActiveOpens": active_opens,
+        "TcpPassiveOpens": passive_opens,
+        "TcpAttemptFails": attempt_fails,
+        "TcpOutRsts": out_rsts,
+        "TcpEstabResets": estab_resets,
+    }
 
 
 class WorkloadError(RuntimeError):
@@ -28,7 +112,7 @@ class GroundTruth:
     generator: dict[str, Any]  # the generator's own counts, e.g. {"connections": 1000}
     operations: int  # units of work done in the measured loop (connections, transactions ...)
     duration_s: float  # the measured loop's wall time, from the agents' own clocks
-    expected: dict[str, Any]  # per side: {"transitions": {"OLD->NEW": n}, "events": {kind: n}}
+    expected: dict[str, Any]  # per side: see EXPECTATION_KEYS ({"transitions": ..., "events": ...})
     pids: dict[str, list[int]] = field(default_factory=dict)  # role -> pids that made the traffic
     latency: dict[str, Any] | None = None  # per-operation latency summary
     cpu_ticks: dict[str, dict[str, int]] | None = None  # /proc/stat around the loop: before, after
@@ -47,11 +131,15 @@ class Workload(Protocol):
 
 
 class Agent:
-    """A `harness.agents.<module>` process inside a host's namespace, speaking JSON lines."""
+    """A `harness.agents.<module>` process (or a native one) inside a host's namespace, speaking JSON lines."""
 
-    def __init__(self, host: Host, module: str, args: list[str]):
+    def __init__(self, host: Host, module: str, args: list[str], executable: Path | None = None):
+        """executable: a native agent (harness/agents/c/) speaking the same JSON lines."""
         self.host = host
-        self.argv = [sys.executable, "-m", f"harness.agents.{module}", *args]
+        if executable is not None:
+            self.argv = [str(executable), *args]
+        else:
+            self.argv = [sys.executable, "-m", f"harness.agents.{module}", *args]
         self.process = host.popen(
             self.argv,
             stdin=subprocess.PIPE,

@@ -22,6 +22,17 @@ BAD_INPUT = [
     (["run", "--frobnicate"], "unrecognized arguments"),
     (["nosuchcommand"], "invalid choice"),
     (["kernel", "--yaml"], "unrecognized arguments"),
+    # the workloads' own parameters
+    (["run", "-w", "loss", "-p", "every=0"], "must be >= 2, not 0"),
+    (["run", "-w", "synack", "-p", "every=-4"], "must be >= 2, not -4"),
+    (["run", "-w", "rr", "-p", "request=0"], "must be >= 1, not 0"),
+    (["run", "-w", "stream", "-p", "message=0"], "must be >= 1, not 0"),
+    (["run", "-w", "resets", "-p", "refused=-1"], "must be >= 0, not -1"),
+    (["run", "-w", "resets", "-p", "aborts=0,refused=0"], "resets needs aborts or refused >= 1"),
+    (["run", "-w", "churn", "-p", "closer=nobody"], "must be one of server, client"),
+    (["run", "-w", "loss", "-p", "offloads=sometimes"], "takes a boolean"),
+    (["run", "-w", "stream", "-p", "every=10"], "unknown parameter 'every'"),
+    (["run", "-w", "rr", "-p", "loss.every=10"], "names 'loss', which is not selected"),
 ]
 
 

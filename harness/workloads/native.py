@@ -1,0 +1,48 @@
+"""Agents whose hot loop is C (harness/agents/c/*.c), built with gcc by `make setup`.
+
+A binary lives in <venv>/libexec/tpbench/ and is rebuilt here, on first use, when it is missing
+or older than its source (gcc is one of the Debian packages `make setup` installs). Building is
+atomic (compile to a temporary name, rename), so concurrent runs never execute half a binary.
+
+`harness.workloads.native.main()` builds them all (what scripts/setup.sh runs).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .base import WorkloadError
+
+SOURCES = Path(__file__).resolve().parent.parent / "agents" / "c"
+BUILD_DIR = Path(sys.prefix) / "libexec" / "tpbench"
+CFLAGS = ("-O2", "-Wall", "-Wextra")
+
+
+def agent_binary(name: str) -> Path:
+    source = SOURCES / f"{name}.c"
+    binary = BUILD_DIR / name
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
+    if shutil.which("gcc") is None:
+        raise WorkloadError(f"the C {name} agent is not built and gcc is missing (run make setup)")
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    partial = binary.with_name(f".{name}.{os.getpid()}")
+    result = subprocess.run(["gcc", *CFLAGS, "-o", str(partial), str(source)], capture_output=True, text=True)
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise WorkloadError(f"gcc failed on {source.name}: {result.stderr.strip().splitlines()[-1:]}")
+    partial.rename(binary)
+    return binary
+
+
+def main() -> None:
+    for source in sorted(SOURCES.glob("*.c")):
+        print(f"setup: built {agent_binary(source.stem)}")
+
+
+if __name__ == "__main__":
+    main()
