@@ -55,5 +55,6 @@ echo "$(pwd)/.venv/bcc-only" > "$site/tpbench-bcc-only.pth"
 
 .venv/bin/python - <<'PY'
 import bcc, pyroute2, scapy, pytest
+import pcapy, dpkt  # the pcap backend: pcapy-ng's wheel bundles libpcap, no libpcap-dev
 print("setup: .venv ready (bcc %s from %s)" % (getattr(bcc, "__version__", "?"), bcc.__path__[0]))
 PY

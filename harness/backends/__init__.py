@@ -5,12 +5,14 @@ from __future__ import annotations
 from ..errors import UsageError
 from .base import Attachment, Availability, Backend, Observation
 from .none import NoneBackend
+from .pcap import PcapBackend
 from .tracepoint import TracepointBackend
 
 BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
     NoneBackend(),
     TracepointBackend(),
     TracepointBackend(empty=True),
+    PcapBackend(),
 )}
 
 
