@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -63,9 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tpbench {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    def add_run_options(sub: argparse.ArgumentParser, trials_default: int) -> None:
+    def add_run_options(sub: argparse.ArgumentParser, trials_default: int | None) -> None:
         sub.add_argument("-n", "--trials", type=_positive_int, default=trials_default,
-                         help=f"trials per cell, interleaved across cells (default {trials_default})")
+                         help="trials per cell, interleaved across cells "
+                         f"(default {trials_default if trials_default else 'from the profile'})")
         sub.add_argument("-o", "--out", type=Path, default=Path("results"),
                          help="folder that receives <run-id>/run.json (default ./results)")
         sub.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -92,10 +94,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench",
         help="the default suite: every workload under every backend this kernel supports",
-        epilog="examples:\n  tpbench bench\n  tpbench bench -n 5 --json",
+        epilog="examples:\n  tpbench bench                      5 interleaved rounds (what `make bench` runs)\n"
+        "  tpbench bench --profile quick      3 rounds, no warm-up\n"
+        "  tpbench bench --profile thorough   10 rounds plus the churn-rate and stream-size sweeps\n"
+        "writes results/<run-id>/run.json, analysis.json and benchmark.json (pytest-benchmark format:\n"
+        "  pytest-benchmark compare results/*/benchmark.json)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_run_options(bench, trials_default=3)
+    bench.add_argument("--profile", choices=("quick", "default", "thorough"), default="default",
+                       help="rounds and sweeps (default: default)")
+    add_run_options(bench, trials_default=None)
+
+    report = commands.add_parser(
+        "report",
+        help="rebuild analysis.json, benchmark.json and the verdict from a run's run.json alone",
+        epilog="examples:\n  tpbench report results/20261126T140512-3fa9",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report.add_argument("run_dir", type=Path, metavar="DIR", help="a run folder (or its run.json)")
+    report.add_argument("--json", action="store_true", help="print the analysis as JSON")
 
     kernel = commands.add_parser(
         "kernel",
@@ -118,10 +135,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress(quiet: bool):
+@contextlib.contextmanager
+def _progress_display(quiet: bool):
+    """A progress bar (cell, trial, ETA) on a terminal; finished-trial lines elsewhere; nothing with -q."""
     if quiet:
-        return None
-    return lambda line: print(line, file=sys.stderr, flush=True)
+        yield None
+        return
+    if not sys.stderr.isatty():
+        def lines(done, total, message):
+            if done is None or message.startswith("["):  # skips and finished trials, not starts
+                print(message, file=sys.stderr, flush=True)
+        yield lines
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def update(done, total, message):
+            if done is None:
+                bar.console.print(message)
+                return
+            bar.update(task, completed=done, total=total, description=message.split("] ")[-1][:60])
+        yield update
 
 
 def _summary(record) -> dict[str, Any]:
@@ -159,7 +196,11 @@ def cmd_run(args: argparse.Namespace, workloads: list[str], backends: list[str],
     from .runner import execute, plan
 
     cells = plan(workloads, backends, parse_assignments(args.param))
-    record = execute(cells, args.trials, args.out, progress=_progress(args.quiet), strict=strict)
+    with _progress_display(args.quiet) as progress:
+        record = execute(cells, args.trials, args.out, progress=progress, strict=strict)
+    from .report import write_outputs
+
+    write_outputs(record.directory, record.data)  # analysis.json, benchmark.json
     if args.json:
         json.dump(_summary(record), sys.stdout, indent=1)
         print()
@@ -167,6 +208,55 @@ def cmd_run(args: argparse.Namespace, workloads: list[str], backends: list[str],
         _print_table(record)
     failed = sum(t["status"] != "ok" for c in record.data["cells"] for t in c["trials"])
     return 1 if failed else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .report import print_verdict, write_outputs
+    from .runner import execute
+    from .suite import PROFILES, cells
+
+    from .record import new_run_id
+    from .report import load_run
+
+    profile = PROFILES[args.profile]
+    trials = args.trials or profile.trials
+    suite = cells(profile)
+    run_id = new_run_id()
+    try:
+        with _progress_display(args.quiet) as progress:
+            record = execute(suite, trials, args.out, progress=progress, strict=False, warmup=profile.warmup,
+                             run_id=run_id, meta={"profile": profile.name,
+                                                  "profile_description": profile.description})
+    except Interrupted:
+        saved = args.out / run_id
+        if (saved / "run.json").exists():  # the finished trials are analysed all the same
+            write_outputs(saved, load_run(saved))
+        raise
+    analysis = write_outputs(record.directory, record.data)
+    if args.json:
+        json.dump({**_summary(record), "analysis": analysis}, sys.stdout, indent=1)
+        print()
+    else:
+        print_verdict(record.data, analysis, sys.stdout)
+        print(f"\nrecord: {record.path}\nbenchmark: {record.directory / 'benchmark.json'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import load_run, print_verdict, write_outputs
+
+    run = load_run(args.run_dir)
+    directory = args.run_dir if args.run_dir.is_dir() else args.run_dir.parent
+    try:
+        analysis = write_outputs(directory, run)
+    except OSError as exc:
+        raise UsageError(f"cannot write into {directory}: {exc.strerror}") from None
+    if args.json:
+        json.dump(analysis, sys.stdout, indent=1)
+        print()
+    else:
+        print_verdict(run, analysis, sys.stdout)
+    return 0
 
 
 def cmd_kernel(args: argparse.Namespace) -> int:
@@ -243,11 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(args, args.workload, args.backend, strict=True)
         if args.command == "bench":
-            from .backends import BACKENDS
-            from .workloads import WORKLOADS
-
-            args.param = []  # the default suite: every workload with its default parameters
-            return cmd_run(args, list(WORKLOADS), list(BACKENDS), strict=False)
+            return cmd_bench(args)
+        if args.command == "report":
+            return cmd_report(args)
         if args.command == "kernel":
             return cmd_kernel(args)
         if args.command == "cleanup":

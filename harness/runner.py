@@ -78,6 +78,19 @@ def plan(workload_names: list[str], backend_names: list[str], assignments: dict[
     ]
 
 
+def build_cell(workload_name: str, workload_params: dict[str, str], backend_name: str,
+               backend_params: dict[str, str]) -> Cell:
+    """One cell from names and textual parameters, validated as `plan` validates them."""
+    workload, backend = get_workload(workload_name), get_backend(backend_name)
+    resolved = {plugin.name: resolve(plugin.name, plugin.params, given)
+                for plugin, given in ((workload, workload_params), (backend, backend_params))}
+    for plugin in (workload, backend):
+        check = getattr(plugin, "check_params", None)
+        if check is not None:
+            check(resolved[plugin.name])
+    return Cell(workload, backend, resolved[workload.name], resolved[backend.name])
+
+
 def interleaved(cells: list[Cell], trials: int) -> list[tuple[Cell, int]]:
     """(cell, trial index) in rotating order: A B C, B C A, C A B, ..."""
     order = []
@@ -165,7 +178,7 @@ def settle(topology: Topology, timeout_s: float = 3.0) -> dict[str, Any]:
         time.sleep(0.005)
 
 
-Progress = Callable[[str], None]
+Progress = Callable[[int | None, int | None, str], None]  # (done, total, message)
 
 
 def execute(
@@ -175,17 +188,21 @@ def execute(
     progress: Progress | None = None,
     run_id: str | None = None,
     strict: bool = True,
+    warmup: int = 0,
+    meta: dict[str, Any] | None = None,
 ) -> RunRecord:
     """Run every cell `trials` times, interleaved; returns the saved record (also on interrupt).
 
     strict: a backend unavailable on this kernel is an error (the user named it); otherwise the
     cell is recorded as unavailable, with the probe's reason, and skipped.
+    warmup: untimed trials of each workload's first cell before measuring (caches, page
+    allocator, first-compile costs), recorded apart under "warmup".
     """
     require_root("tpbench run")
     if trials < 1:
         raise UsageError("--trials must be >= 1")
     run_id = run_id or new_run_id()
-    say = progress or (lambda _: None)
+    say = progress or (lambda done, total, message: None)
     with run_lock(run_id), tracefs_mounted():
         kernel_probe = probe()
         availability = {cell.label: cell.backend.availability(kernel_probe) for cell in cells}
@@ -200,11 +217,13 @@ def execute(
             directory.mkdir(parents=True, exist_ok=False)
         except OSError as exc:
             raise UsageError(f"cannot create the run folder {directory}: {exc.strerror}") from None
-        record = RunRecord(directory, run_id, _meta(kernel_probe, headers.to_dict(), cells, trials))
+        record = RunRecord(directory, run_id, {**_meta(kernel_probe, headers.to_dict(), cells, trials),
+                                               **(meta or {})})
         runnable: dict[str, dict[str, Any]] = {}
         for cell in cells:
             entry = record.add_cell(
                 {
+                    "label": cell.label,
                     "workload": cell.workload.name,
                     "backend": cell.backend.name,
                     "operation": cell.workload.operation,
@@ -217,13 +236,30 @@ def execute(
             if availability[cell.label].available:
                 runnable[cell.label] = entry
             else:
-                say(f"skip {cell.label}: {availability[cell.label].reason}")
+                say(None, None, f"skip {cell.label}: {availability[cell.label].reason}")
         record.save()
         schedule = [(c, t) for c, t in interleaved(cells, trials) if c.label in runnable]
+        warmups = []
+        for cell in cells:
+            key = (cell.workload.name, repr(sorted(cell.workload_params.items())))
+            if cell.label in runnable and key not in {k for k, _ in warmups}:
+                warmups.append((key, cell))
+        warmups = [cell for _, cell in warmups] * warmup
+        record.data["warmup"] = []
         started = time.monotonic()
         try:
+            for number, cell in enumerate(warmups, 1):
+                say(0, len(schedule), f"warm-up {number}/{len(warmups)}: {cell.label}")
+                try:
+                    trial = run_trial(cell, run_id)
+                    record.data["warmup"].append({"cell": cell.label, "status": "ok",
+                                                  "operation_rate": trial["operation_rate"]})
+                except Interrupted:
+                    raise
+                except Exception as exc:
+                    record.data["warmup"].append({"cell": cell.label, "status": "failed", "error": str(exc)})
             for done, (cell, index) in enumerate(schedule, 1):
-                say(f"[{done}/{len(schedule)}] {cell.label} trial {index + 1}/{trials} ...")
+                say(done - 1, len(schedule), f"{cell.label} trial {index + 1}/{trials}")
                 try:
                     trial = run_trial(cell, run_id)
                 except (Interrupted, UsageError):
@@ -240,8 +276,8 @@ def execute(
                     record.save()
                 elapsed = time.monotonic() - started
                 eta = elapsed / done * (len(schedule) - done)
-                say(f"[{done}/{len(schedule)}] {cell.label} trial {index + 1}: {_trial_line(trial, cell)}"
-                    f" (eta {eta:.0f} s)")
+                say(done, len(schedule), f"[{done}/{len(schedule)}] {cell.label} trial {index + 1}: "
+                    f"{_trial_line(trial, cell)} (eta {eta:.0f} s)")
         except Interrupted as exc:
             record.finish("interrupted", str(exc))
             raise
@@ -264,6 +300,7 @@ def _meta(kernel_probe: KernelProbe, headers: dict[str, Any], cells: list[Cell],
         "probe": kernel_probe.to_dict(),
         "config": {
             "trials": trials,
+            "cells": [c.label for c in cells],
             "order": "interleaved, rotating",
             "workloads": sorted({c.workload.name for c in cells}),
             "backends": sorted({c.backend.name for c in cells}, key=[c.backend.name for c in cells].index),

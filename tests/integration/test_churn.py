@@ -46,3 +46,18 @@ def test_default_suite_runs_and_prints_a_table(tmp_path):
     assert "churn" in result.stdout and "none" in result.stdout
     [run] = list(tmp_path.iterdir())
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
+
+
+def test_a_run_writes_its_analysis_and_pytest_benchmark_json(tmp_path):
+    result = tpbench("run", "-b", "none,tracepoint", "-w", "churn", "-p", "connections=2000", "-n", "3",
+                     "-q", "-o", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    [run_dir] = list(tmp_path.iterdir())
+    analysis = json.loads((run_dir / "analysis.json").read_text())
+    [workload] = analysis["workloads"].values()
+    assert workload["baseline"] == "churn/none"
+    overhead = workload["cells"]["churn/tracepoint"]["overhead"]["cpu_per_op"]
+    assert overhead["diff"]["n"] == 3 and overhead["diff"]["low"] <= overhead["diff"]["high"]
+    bench = json.loads((run_dir / "benchmark.json").read_text())
+    assert {b["name"] for b in bench["benchmarks"]} == {"churn/none", "churn/tracepoint"}
+    assert all(b["stats"]["rounds"] == 3 for b in bench["benchmarks"])

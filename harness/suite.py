@@ -1,0 +1,76 @@
+"""The default suite `tpbench bench` (and `make bench`) runs, and its profiles.
+
+Each workload is sized for about one second of traffic at this machine's rates, so one round of
+every cell takes ~2-3 s with namespace set-up and BPF compilation; the profiles trade rounds (and
+with them confidence-interval width) against time. Every registered backend is measured, the
+baseline first; those this kernel cannot run are recorded with the probe's reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .backends import BACKENDS
+from .runner import Cell, build_cell
+
+# (workload, its parameters for the suite). CPU time comes from /proc/stat in 10 ms ticks per CPU,
+# so each trial's measured loop must last a second or two for CPU per operation to resolve well.
+WORKLOADS: tuple[tuple[str, dict[str, str]], ...] = (
+    ("churn", {"connections": "50000"}),  # state changes at the top rate: the tracepoints' case
+    ("rr", {"transactions": "40000"}),  # few state changes, many small packets
+    ("stream", {"duration": "1.5"}),  # bulk: the case where packet capture should pay
+    ("resets", {"aborts": "15000", "refused": "15000"}),  # RSTs both ways
+)
+# extra settings of a backend measured beside its defaults
+VARIANTS: dict[str, tuple[dict[str, str], ...]] = {
+    "tracepoint": ({}, {"mode": "aggregate"}),
+    "pcap": ({}, {"consumer": "tcpdump"}),
+}
+# sweeps (thorough profile): overhead against event rate and against throughput
+SWEEP_BACKENDS = ("none", "tracepoint", "pcap")
+CHURN_RATES = ("2000", "5000", "10000", "20000", "0")  # connections/s; 0 = as fast as possible
+STREAM_MESSAGES = ("1024", "8192", "65536", "131072")  # bytes per send(): throughput rises with it
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    trials: int
+    warmup: int
+    sweeps: bool
+    description: str
+
+
+PROFILES = {
+    "quick": Profile("quick", 3, 0, False, "3 rounds, no warm-up: a smoke run (wide intervals)"),
+    "default": Profile("default", 5, 1, False, "5 rounds after a warm-up: what `make bench` runs"),
+    "thorough": Profile("thorough", 10, 1, True, "10 rounds, plus the churn-rate and stream-size sweeps"),
+}
+
+
+def backend_settings() -> list[tuple[str, dict[str, str]]]:
+    settings = []
+    for name in BACKENDS:
+        for params in VARIANTS.get(name, ({},)):
+            settings.append((name, params))
+    return settings
+
+
+def cells(profile: Profile) -> list[Cell]:
+    out = [build_cell(w, wp, b, bp) for w, wp in WORKLOADS for b, bp in backend_settings()]
+    if profile.sweeps:
+        for rate in CHURN_RATES:
+            out += [build_cell("churn", {"connections": "20000", "rate": rate}, b, {}) for b in SWEEP_BACKENDS]
+        for message in STREAM_MESSAGES:
+            out += [build_cell("stream", {"duration": "1", "message": message}, b, {}) for b in SWEEP_BACKENDS]
+    return _unique(out)
+
+
+def _unique(cells_: list[Cell]) -> list[Cell]:
+    seen, out = set(), []
+    for cell in cells_:
+        key = (cell.label, repr(sorted(cell.workload_params.items())))
+        if key not in seen:
+            seen.add(key)
+            out.append(cell)
+    return out
