@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import os
 import statistics
 import sys
@@ -280,8 +281,10 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     from .system import STATE_DIR, require_root, restore_leftovers, run_lock
 
     require_root("tpbench cleanup")
+    if args.run is not None and not re.fullmatch(r"[0-9]{8}T[0-9]{6}-[0-9a-f]{4}", args.run):
+        raise UsageError(f"--run takes a run id such as 20261126T140512-3fa9, not {args.run!r}")
     if args.dry_run:
-        found = find_leftovers()
+        found = find_leftovers(args.run)
         state = sorted(p.name for p in STATE_DIR.glob("*") if p.name != "lock") if STATE_DIR.is_dir() else []
         for kind, names in (*found.items(), ("state", state)):
             for name in names:
@@ -290,7 +293,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             print("nothing of tpbench's found")
         return 0
     with run_lock("cleanup"):  # never pull namespaces from under a live run
-        done = remove_leftovers() + restore_leftovers()
+        done = remove_leftovers(args.run) + restore_leftovers()
     for line in done:
         print(line)
     if not done:

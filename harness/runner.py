@@ -219,7 +219,9 @@ def execute(
             raise UsageError(f"cannot create the run folder {directory}: {exc.strerror}") from None
         record = RunRecord(directory, run_id, {**_meta(kernel_probe, headers.to_dict(), cells, trials),
                                                **(meta or {})})
-        runnable: dict[str, dict[str, Any]] = {}
+        # keyed by the cell object: labels name a backend setting and repeat across workload groups
+        # (a sweep measures churn/none at several rates), so they cannot key the cells
+        runnable: dict[int, dict[str, Any]] = {}
         for cell in cells:
             entry = record.add_cell(
                 {
@@ -234,15 +236,15 @@ def execute(
                 }
             )
             if availability[cell.label].available:
-                runnable[cell.label] = entry
+                runnable[id(cell)] = entry
             else:
                 say(None, None, f"skip {cell.label}: {availability[cell.label].reason}")
         record.save()
-        schedule = [(c, t) for c, t in interleaved(cells, trials) if c.label in runnable]
+        schedule = [(c, t) for c, t in interleaved(cells, trials) if id(c) in runnable]
         warmups = []
         for cell in cells:
             key = (cell.workload.name, repr(sorted(cell.workload_params.items())))
-            if cell.label in runnable and key not in {k for k, _ in warmups}:
+            if id(cell) in runnable and key not in {k for k, _ in warmups}:
                 warmups.append((key, cell))
         warmups = [cell for _, cell in warmups] * warmup
         record.data["warmup"] = []
@@ -272,7 +274,7 @@ def execute(
                     }
                 trial["index"] = index
                 with critical():
-                    runnable[cell.label]["trials"].append(trial)
+                    runnable[id(cell)]["trials"].append(trial)
                     record.save()
                 elapsed = time.monotonic() - started
                 eta = elapsed / done * (len(schedule) - done)

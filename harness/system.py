@@ -140,4 +140,23 @@ def restore_leftovers() -> list[str]:
         if (target / "events").is_dir() and unmount_tracefs(target):
             done.append(f"unmounted tracefs at {target} (mounted by a crashed run)")
         marker.unlink()
+    done += remove_stale_tracefs_instances()
+    return done
+
+
+def remove_stale_tracefs_instances() -> list[str]:
+    """rmdir tracefs instances named tpb* (the tracefs backend's, left by a crashed run).
+
+    The kernel refuses (EBUSY) to remove an instance while a file in it is open, so the instance
+    of a live run, whose reader holds trace_pipe_raw open, is left alone and said so."""
+    done: list[str] = []
+    tracefs = tracefs_path()
+    if tracefs is None:
+        return done
+    for instance in sorted((tracefs / "instances").glob("tpb*")):
+        try:
+            instance.rmdir()
+            done.append(f"removed tracefs instance {instance.name}")
+        except OSError as exc:
+            done.append(f"left tracefs instance {instance.name}: {exc.strerror}")
     return done

@@ -213,22 +213,29 @@ def _read_operstate(ifname: str) -> str:
         return links[0].get("operstate", "unknown").lower() if links else "missing"
 
 
-def find_leftovers() -> dict[str, list[str]]:
-    """Namespaces and root-namespace links that tpbench made (by prefix) and that still exist."""
-    spaces = sorted(name for name in netns.listnetns() if name.startswith(f"{NAME_PREFIX}-"))
-    with IPRoute() as ipr:
-        links = sorted(
-            link.get("ifname")
-            for link in ipr.get_links()
-            if (link.get("ifname") or "").startswith(NAME_PREFIX)
-        )
+def find_leftovers(run_id: str | None = None) -> dict[str, list[str]]:
+    """Namespaces and root-namespace links that tpbench made (by prefix) and that still exist.
+
+    With run_id, only that run's namespaces; root-namespace veth ends carry no run id (they live
+    there only while a topology is being built), so they are listed only without one.
+    """
+    prefix = f"{NAME_PREFIX}-{run_id}-" if run_id else f"{NAME_PREFIX}-"
+    spaces = sorted(name for name in netns.listnetns() if name.startswith(prefix))
+    links: list[str] = []
+    if run_id is None:
+        with IPRoute() as ipr:
+            links = sorted(
+                link.get("ifname")
+                for link in ipr.get_links()
+                if (link.get("ifname") or "").startswith(NAME_PREFIX)
+            )
     return {"namespaces": spaces, "links": links}
 
 
-def remove_leftovers() -> list[str]:
-    """Remove every tpbench namespace and link; returns what was done, one line each."""
+def remove_leftovers(run_id: str | None = None) -> list[str]:
+    """Remove tpbench's namespaces (with what runs inside) and links; one line per thing done."""
     done = []
-    found = find_leftovers()
+    found = find_leftovers(run_id)
     for name in found["namespaces"]:
         killed = _kill_and_remove(name)
         extra = f" (killed pids {', '.join(map(str, killed))})" if killed else ""

@@ -6,6 +6,8 @@ from ..errors import UsageError
 from .base import Attachment, Availability, Backend, Observation
 from .none import NoneBackend
 from .pcap import PcapBackend
+from .sockdiag import SockdiagBackend
+from .tracefs import TracefsBackend
 from .tracepoint import TracepointBackend
 
 BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
@@ -13,6 +15,8 @@ BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
     TracepointBackend(),
     TracepointBackend(empty=True),
     PcapBackend(),
+    TracefsBackend(),
+    SockdiagBackend(),
 )}
 
 

@@ -1,6 +1,8 @@
 """A run stopped at any point leaves nothing behind, or `tpbench cleanup` removes what it left."""
 
 import json
+import os
+import random
 import signal
 import subprocess
 import time
@@ -8,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.system import read_sysctl
 from tests.conftest import REPO, TPBENCH, leftovers, tpbench
 
 pytestmark = pytest.mark.root
@@ -78,3 +81,52 @@ def test_sigterm_keeps_finished_trials_and_removes_everything(tmp_path):
     assert [t["status"] for t in kept] == ["ok"] * len(kept), [t.get("traceback") for t in kept]
     assert all(t["ground_truth"]["nstat"]["client"]["TcpActiveOpens"] == 20_000 for t in kept)
     assert leftovers() == before
+
+
+# SIGKILL at random points of a run that loads BPF programs, starts a C consumer, a capture agent
+# and tcpdump, sets kernel.bpf_stats_enabled and writes run.json after each trial: after
+# `tpbench cleanup --run ID` nothing of the run may remain. TPBENCH_FAULT_LOOPS=100 runs the full loop.
+FAULT_LOOPS = int(os.environ.get("TPBENCH_FAULT_LOOPS", "4"))
+
+
+def _our_programs() -> set:
+    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True)
+    return {p["id"] for p in json.loads(out.stdout) if p.get("name", "").startswith("tracepoint__")}
+
+
+def _processes(pattern: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+@pytest.mark.parametrize("iteration", range(FAULT_LOOPS))
+def test_sigkill_at_a_random_point_leaves_nothing_after_cleanup(tmp_path, iteration):
+    rng = random.Random(iteration)
+    stats_before, programs_before = read_sysctl("kernel.bpf_stats_enabled"), _our_programs()
+    run = subprocess.Popen(
+        [*TPBENCH, "run", "-b", "tracepoint,pcap", "-w", "churn", "-p", "connections=20000", "-n", "3",
+         "-q", "-o", str(tmp_path)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    # 0.3-8 s covers the probe, BPF compile and attach, the workload, detach and the record's writes
+    time.sleep(rng.uniform(0.3, 8.0))
+    run.kill()
+    run.wait()
+    runs = list(tmp_path.iterdir())
+    if runs:
+        [run_dir] = runs
+        result = tpbench("cleanup", "--run", run_dir.name, check=True)
+        assert not leftovers_of(run_dir.name)
+        if (run_dir / "run.json").exists():  # written atomically: whole, never torn
+            assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+    else:  # killed before the run folder existed: nothing of it may exist either
+        result = tpbench("cleanup", "--run", "00000000T000000-0000", check=True)
+    time.sleep(0.2)  # the C consumer exits when its stdin (the dead run's pipe) reaches EOF
+    assert read_sysctl("kernel.bpf_stats_enabled") == stats_before, result.stdout
+    assert _our_programs() == programs_before  # BPF programs die with the process that held them
+    assert not _processes("ringbuf_consumer"), _processes("ringbuf_consumer")
+    assert not [p for p in _processes("harness.agents") if str(tmp_path) in p or "pcap_capture" in p]
+
+
+def leftovers_of(run_id: str) -> list[str]:
+    return [s for s in leftovers()["namespaces"] if s.startswith(f"tpb-{run_id}-")]

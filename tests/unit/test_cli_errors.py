@@ -95,3 +95,25 @@ def test_tracepoint_bad_input_is_one_line_and_exit_2(argv, message):
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+TRACEFS_SOCKDIAG_BAD_INPUT = [
+    (["run", "-b", "sockdiag", "-p", "interval_ms=0"], "parameter 'interval_ms' of sockdiag: must be > 0"),
+    (["run", "-b", "sockdiag", "-p", "interval_ms=-5"], "must be > 0"),
+    (["run", "-b", "sockdiag", "-p", "interval_ms=often"], "takes float, not 'often'"),
+    (["run", "-b", "tracefs", "-p", "instance=mine"], "must start with 'tpb'"),
+    (["run", "-b", "tracefs", "-p", "instance=tpb/../x"], "an instance name is letters"),
+    (["run", "-b", "tracefs", "-p", "tracefs.buffer_kib=1"], "must be >= 64, not 1"),
+    (["run", "-b", "tracefs", "-p", "consumer=text"], "must be one of record, live"),
+    (["run", "-b", "tracefs", "-p", "poll_ms=0"], "must be >= 0.1, not 0"),
+    (["run", "-b", "tracefs", "-p", "hooks=state+bogus"], "unknown hook bogus"),
+]
+
+
+@pytest.mark.parametrize("argv, message", TRACEFS_SOCKDIAG_BAD_INPUT,
+                         ids=[" ".join(a) for a, _ in TRACEFS_SOCKDIAG_BAD_INPUT])
+def test_tracefs_and_sockdiag_bad_input_is_one_line_and_exit_2(argv, message):
+    result = tpbench(*argv)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert message in result.stderr and "Traceback" not in result.stderr

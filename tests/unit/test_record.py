@@ -34,3 +34,25 @@ def test_trials_rotate_across_cells():
     order = [(cell, t) for cell, t in interleaved(["base", "A", "B"], 3)]
     assert [c for c, _ in order] == ["base", "A", "B", "A", "B", "base", "B", "base", "A"]
     assert [t for _, t in order] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
+def test_cells_differing_only_in_workload_parameters_keep_their_own_trials(tmp_path, monkeypatch):
+    """A sweep measures the same backend at several workload settings: same label, separate cells."""
+    import harness.runner as runner
+    from harness.runner import build_cell, execute
+
+    cells = [build_cell("churn", {"rate": rate}, "none", {}) for rate in ("100", "200")]
+    assert cells[0].label == cells[1].label
+    seen = []
+
+    def fake_trial(cell, run_id):
+        seen.append(cell.workload_params["rate"])
+        return {"status": "ok", "operation_rate": cell.workload_params["rate"], "duration_s": 1.0}
+
+    monkeypatch.setattr(runner, "run_trial", fake_trial)
+    monkeypatch.setattr(runner, "require_root", lambda what: None)
+    monkeypatch.setattr(runner, "run_lock", lambda run_id: __import__("contextlib").nullcontext())
+    monkeypatch.setattr(runner, "tracefs_mounted", lambda: __import__("contextlib").nullcontext())
+    record = execute(cells, 2, tmp_path)
+    rates = [[t["operation_rate"] for t in cell["trials"]] for cell in record.data["cells"]]
+    assert rates == [[100.0, 100.0], [200.0, 200.0]]
