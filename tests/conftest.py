@@ -41,6 +41,12 @@ def leftovers() -> dict:
     }
 
 
+def leftovers_of_runs(out_dir: Path) -> list[str]:
+    """Namespaces still present from the runs whose folders are in out_dir (other runs ignored)."""
+    prefixes = tuple(f"tpb-{run.name}-" for run in out_dir.iterdir() if run.is_dir())
+    return [name for name in leftovers()["namespaces"] if prefixes and name.startswith(prefixes)]
+
+
 class FtraceCount:
     """An independent tracer: one tracepoint enabled in a private ftrace instance, with a kernel
     filter. ftrace's probe (trace_event_raw_event_*) is a different path from the perf/BPF one, so
