@@ -14,9 +14,7 @@ client: CONCURRENCY forked workers share COUNT connections; each connects, sends
 
 from __future__ import annotations
 
-import argparse
 import errno
-import json
 import multiprocessing
 import os
 import selectors
@@ -26,11 +24,7 @@ import time
 from collections import Counter
 
 from harness.counters import read_cpu_ticks
-
-
-def emit(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+from harness.agents.common import emit, traffic_parser
 
 
 class _ServerConnection:
@@ -202,10 +196,7 @@ def client(address: str, port: int, count: int, concurrency: int, closer: str, s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("role", choices=("server", "client"))
-    parser.add_argument("--address", required=True)
-    parser.add_argument("--port", type=int, required=True)
+    parser = traffic_parser(__doc__)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--closer", choices=("server", "client"), default="server")

@@ -25,15 +25,14 @@ from __future__ import annotations
 import argparse
 import ctypes
 import glob
-import json
 import os
-import resource
 import select
 import signal
 import sys
 import time
 
 from harness.agents.pcap_infer import FlowTracker, decode_ethernet
+from harness.agents.common import cpu_seconds, emit
 
 EXIT_CAPTURE_FAILED = 2
 MAX_DRAIN_S = 60.0  # after the stop, for a consumer far behind to work through a full ring
@@ -44,16 +43,6 @@ ACTIVATE_ERRORS = {
     -8: "permission denied: capturing needs CAP_NET_RAW (PCAP_ERROR_PERM_DENIED)",
     -9: "the interface is not up (PCAP_ERROR_IFACE_NOT_UP)",
 }
-
-
-def emit(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def libpcap_version(pcapy_module) -> str:

@@ -12,9 +12,7 @@ client: ABORTS times: connect to PORT, set SO_LINGER {on, 0 s}, close: tcp_disco
 
 from __future__ import annotations
 
-import argparse
 import errno
-import json
 import os
 import select
 import socket
@@ -24,13 +22,9 @@ import time
 from collections import Counter
 
 from harness.counters import read_cpu_ticks
+from harness.agents.common import emit, traffic_parser
 
 LINGER_ABORT = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
-
-
-def emit(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 def serve(address: str, port: int, count: int) -> None:
@@ -102,10 +96,7 @@ def client(address: str, port: int, closed_port: int, aborts: int, refused: int)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("role", choices=("server", "client"))
-    parser.add_argument("--address", required=True)
-    parser.add_argument("--port", type=int, required=True)
+    parser = traffic_parser(__doc__)
     parser.add_argument("--closed-port", type=int, default=0)
     parser.add_argument("--aborts", type=int, default=0)
     parser.add_argument("--refused", type=int, default=0)

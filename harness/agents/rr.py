@@ -12,9 +12,7 @@ client: open CONNECTIONS connections, then run TRANSACTIONS request/response rou
 
 from __future__ import annotations
 
-import argparse
 import errno
-import json
 import os
 import selectors
 import socket
@@ -23,11 +21,7 @@ import time
 from collections import Counter
 
 from harness.counters import read_cpu_ticks
-
-
-def emit(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+from harness.agents.common import emit, traffic_parser
 
 
 class _Conn:
@@ -202,10 +196,7 @@ def client(address: str, port: int, connections: int, transactions: int, request
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("role", choices=("server", "client"))
-    parser.add_argument("--address", required=True)
-    parser.add_argument("--port", type=int, required=True)
+    parser = traffic_parser(__doc__)
     parser.add_argument("--connections", type=int, required=True)
     parser.add_argument("--transactions", type=int, default=0)
     parser.add_argument("--request", type=int, required=True)

@@ -23,9 +23,7 @@ Protocol (JSON lines on stdout): {"ready": true, ...}; stdin closed -> one last 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import select
 import signal
 import socket
@@ -33,20 +31,11 @@ import sys
 import time
 
 from harness.backends.sockdiag_infer import SnapshotDiff, read_tcp_snmp
+from harness.agents.common import cpu_seconds, emit
 
 EXIT_FAILED = 2
 TCP_TIME_WAIT = 6
 ALL_BUT_TIME_WAIT = 0xFFF & ~(1 << TCP_TIME_WAIT)  # bit n: TCP state n (include/net/tcp_states.h)
-
-
-def emit(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def run(args: argparse.Namespace) -> int:

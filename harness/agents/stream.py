@@ -11,20 +11,13 @@ client: connect, send MESSAGE-byte messages until BYTES are sent or DURATION sec
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import socket
-import sys
 import time
 from collections import Counter
 
 from harness.counters import read_cpu_ticks
-
-
-def emit(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+from harness.agents.common import emit, traffic_parser
 
 
 def serve(address: str, port: int) -> None:
@@ -94,10 +87,7 @@ def client(address: str, port: int, total: int, duration_s: float, message: int)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("role", choices=("server", "client"))
-    parser.add_argument("--address", required=True)
-    parser.add_argument("--port", type=int, required=True)
+    parser = traffic_parser(__doc__)
     parser.add_argument("--bytes", type=int, default=0)
     parser.add_argument("--duration", type=float, default=0.0)
     parser.add_argument("--message", type=int, default=131072)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import resource
 import select
 import signal
 import sys
@@ -42,18 +41,9 @@ import tempfile
 import time
 
 from harness.backends.tracefs_ring import PageCounter, make_decoder
+from harness.agents.common import cpu_seconds, emit
 
 EXIT_FAILED = 2
-
-
-def emit(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def drain(fds: list[int], page_size: int, sink) -> int:

@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -54,6 +52,7 @@ from ..agents.pcap_infer import ASSUMPTIONS, INVISIBLE, INVISIBLE_STATE_FILTER, 
 from ..errors import UsageError
 from ..kernel import KernelProbe
 from ..params import Param
+from .processes import kill, process_cpu_s, read_line, reap
 from .base import EVENT_KINDS, SIDES, Availability, Observation
 
 FILTERS = {
@@ -87,66 +86,7 @@ class CaptureError(RuntimeError):
 
 
 def _read_line(stream, timeout_s: float, what: str) -> str:
-    """One line from a pipe within timeout_s; '' at EOF."""
-    deadline = time.monotonic() + timeout_s
-    buffer = b""
-    fd = stream.fileno()
-    while not buffer.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise CaptureError(f"no {what} within {timeout_s:.0f} s")
-        readable, _, _ = select.select([fd], [], [], remaining)
-        if not readable:
-            continue
-        chunk = os.read(fd, 1)  # byte by byte: nothing past the line may be taken from the pipe
-        if not chunk:
-            break
-        buffer += chunk
-    return buffer.decode(errors="replace")
-
-
-def _reap(process: subprocess.Popen, timeout_s: float) -> dict[str, float] | None:
-    """Wait for the process, returning its CPU time from wait4's rusage (None if it was not ours
-    to reap any more). Sets Popen's returncode, so Popen never waits on a reaped pid."""
-    if process.returncode is not None:
-        return None
-    deadline = time.monotonic() + timeout_s
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            process.returncode = os.waitstatus_to_exitcode(status)
-            return {"user": round(usage.ru_utime, 4), "system": round(usage.ru_stime, 4),
-                    "total": round(usage.ru_utime + usage.ru_stime, 4)}
-        if time.monotonic() > deadline:
-            raise subprocess.TimeoutExpired(process.args, timeout_s)
-        time.sleep(0.01)
-
-
-def _kill(process: subprocess.Popen | None) -> None:
-    """SIGKILL and reap, closing pipes: the end of every error path."""
-    if process is None:
-        return
-    if process.returncode is None:
-        try:
-            process.kill()
-        except ProcessLookupError:
-            pass
-        try:
-            _reap(process, 10)
-        except (subprocess.TimeoutExpired, ChildProcessError):
-            pass
-    for stream in (process.stdin, process.stdout, process.stderr):
-        if stream is not None and not stream.closed:
-            stream.close()
-
-
-def _process_cpu_s(pid: int) -> float | None:
-    """utime + stime of a live process from /proc/<pid>/stat (fields 14 and 15, in clock ticks)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return read_line(stream, timeout_s, what, CaptureError)
 
 
 def observation_from(result: dict[str, Any], details: dict[str, Any], filter_name: str) -> Observation:
@@ -210,7 +150,7 @@ class _PythonCapture:
 
     def _fail(self, error: str | None) -> None:
         if error is None:
-            _reap(self.process, 5)
+            reap(self.process, 5)
             stderr = self.process.stderr.read().decode(errors="replace").strip().splitlines()
             error = f"capture agent exited ({self.process.returncode}): {stderr[-1] if stderr else 'no output'}"
         raise CaptureError(error)
@@ -222,7 +162,7 @@ class _PythonCapture:
             if not line.strip():
                 self._fail(None)
             result = json.loads(line)["result"]
-            cpu = _reap(self.process, 10)
+            cpu = reap(self.process, 10)
         finally:
             self.close()
         cpu["startup"] = round(self.ready["cpu_s"], 4)
@@ -239,7 +179,7 @@ class _PythonCapture:
         }, self.config["filter"])
 
     def close(self) -> None:
-        _kill(self.process)
+        kill(self.process)
 
 
 class _TcpdumpCapture:
@@ -270,12 +210,12 @@ class _TcpdumpCapture:
             while True:
                 line = _read_line(self.process.stderr, START_TIMEOUT_S, "answer from tcpdump")
                 if not line:
-                    _reap(self.process, 5)
+                    reap(self.process, 5)
                     raise CaptureError(self._stderr_error() or f"tcpdump exited ({self.process.returncode})")
                 if line.startswith("tcpdump: listening on"):
                     break
                 self.early_stderr = line
-            self.started_cpu_s = _process_cpu_s(self.process.pid)
+            self.started_cpu_s = process_cpu_s(self.process.pid)
         except BaseException:
             self.close()
             raise
@@ -305,7 +245,7 @@ class _TcpdumpCapture:
         try:
             self._settle()
             self.process.send_signal(signal.SIGINT)  # tcpdump flushes, prints its counts, exits 0
-            cpu = _reap(self.process, 30)
+            cpu = reap(self.process, 30)
             stderr = self.process.stderr.read().decode(errors="replace")
             if self.process.returncode != 0:
                 raise CaptureError(f"tcpdump exited ({self.process.returncode}): {stderr.strip()[-200:]}")
@@ -340,7 +280,7 @@ class _TcpdumpCapture:
         }, self.config["filter"])
 
     def close(self) -> None:
-        _kill(self.process)
+        kill(self.process)
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None

@@ -30,7 +30,7 @@ from netns import Topology
 from ..kernel import KernelProbe
 from ..params import Param
 from .base import Availability, Observation
-from .pcap import _kill, _read_line, _reap
+from .processes import kill, read_line, reap
 from .sockdiag_infer import misses
 
 START_TIMEOUT_S = 15.0
@@ -70,9 +70,9 @@ class _Pollers:
 
     def _message(self, role: str, timeout_s: float, what: str) -> dict[str, Any]:
         process = self.processes[role]
-        line = _read_line(process.stdout, timeout_s, f"{what} from the {role} sock_diag poller")
+        line = read_line(process.stdout, timeout_s, f"{what} from the {role} sock_diag poller")
         if not line.strip():
-            _reap(process, 5)
+            reap(process, 5)
             stderr = process.stderr.read().decode(errors="replace").strip().splitlines()
             raise RuntimeError(f"{role} sock_diag poller exited ({process.returncode}): "
                                f"{stderr[-1] if stderr else 'no output'}")
@@ -86,7 +86,7 @@ class _Pollers:
             for process in self.processes.values():
                 process.stdin.close()  # each poller polls once more and reports
             results = {role: self._message(role, RESULT_TIMEOUT_S, "result")["result"] for role in self.processes}
-            cpu = {role: _reap(process, 10) for role, process in self.processes.items()}
+            cpu = {role: reap(process, 10) for role, process in self.processes.items()}
         finally:
             self.close()
         observation = Observation()
@@ -130,7 +130,7 @@ class _Pollers:
             return
         self.closed = True
         for process in self.processes.values():
-            _kill(process)
+            kill(process)
 
 
 class SockdiagBackend:

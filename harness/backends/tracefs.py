@@ -42,7 +42,7 @@ from ..kernel import KernelProbe, probe_tracepoints
 from ..params import Param
 from ..system import tracefs_path
 from .base import EVENT_KINDS, Availability, Observation
-from .pcap import _kill, _read_line, _reap
+from .processes import kill, read_line, reap
 from .tracefs_ring import DEFAULT_LAYOUT, KINDS, native_u32, page_header_layout
 from .tracepoint import HOOKS, _add, _check_hooks, _transition, parse_hooks
 
@@ -166,7 +166,7 @@ class _Session:
         argv = [sys.executable, "-m", "harness.agents.tracefs_reader", json.dumps(self.config)]
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         start_new_session=True, cwd=Path(__file__).resolve().parents[2])
-        line = _read_line(self.process.stdout, START_TIMEOUT_S, "answer from the tracefs reader")
+        line = read_line(self.process.stdout, START_TIMEOUT_S, "answer from the tracefs reader")
         message = json.loads(line) if line.strip() else None
         if message is None or "error" in message:
             raise RuntimeError(f"tracefs reader: {message['error'] if message else 'exited without a word'}")
@@ -178,12 +178,12 @@ class _Session:
         try:
             (self.instance / "tracing_on").write_text("0")  # writers stop: the drain below ends
             self.process.stdin.close()
-            line = _read_line(self.process.stdout, RESULT_TIMEOUT_S, "result from the tracefs reader")
+            line = read_line(self.process.stdout, RESULT_TIMEOUT_S, "result from the tracefs reader")
             message = json.loads(line) if line.strip() else {"error": "reader exited without a result"}
             if "error" in message:
                 raise RuntimeError(f"tracefs reader: {message['error']}")
             result = message["result"]
-            cpu = _reap(self.process, 10)
+            cpu = reap(self.process, 10)
             stats_after = read_cpu_stats(self.instance)
         finally:
             self.close()
@@ -248,7 +248,7 @@ class _Session:
         if self.closed:
             return
         self.closed = True
-        _kill(self.process)  # its open trace_pipe_raw files would keep the instance busy
+        kill(self.process)  # its open trace_pipe_raw files would keep the instance busy
         if self.instance is None:
             return
         for path in [self.instance / "tracing_on", *self.enabled]:
