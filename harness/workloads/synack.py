@@ -26,6 +26,12 @@ SYNACK_INEXACT = (
     "SYN retransmit race (both 1 s), so one drop causes one or two resends"
 )
 SYN_INEXACT = "the client retransmits its SYN when its 1 s timer beats the server's resent SYN-ACK"
+# Seen under load (2 CPUs, load 4.5): TcpOutRsts 1 on the client. Both resends of one dropped
+# SYN-ACK can reach the client; the second is only a duplicate while the socket lives, but if the
+# connection has already completed and closed (the client closes second: no TIME_WAIT), it finds
+# no socket and the client's stack answers with a RST.
+LATE_SYNACK_RST = ("a duplicate SYN-ACK arriving after the client's connection has closed finds no "
+                   "socket and is answered with a RST")
 
 
 def expected_events(connections: int, dropped: int) -> dict[str, Any]:
@@ -38,7 +44,10 @@ def expected_events(connections: int, dropped: int) -> dict[str, Any]:
     # the client's SYN retransmits go through tcp_retransmit_skb: event count == RetransSegs
     client["equals_nstat"]["retransmit"] = "TcpRetransSegs"
     client["inexact"].update({"retransmit": SYN_INEXACT, "TcpRetransSegs": SYN_INEXACT,
-                              "TcpExtTCPSynRetrans": SYN_INEXACT})
+                              "TcpExtTCPSynRetrans": SYN_INEXACT, "TcpOutRsts": LATE_SYNACK_RST,
+                              "reset_sent": LATE_SYNACK_RST})
+    client["nstat"].pop("TcpOutRsts", None)  # a count is exact or explained, never both
+    client["events"].pop("reset_sent", None)
     return expected
 
 
