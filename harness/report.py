@@ -1,5 +1,11 @@
-"""Everything derived from run.json alone: analysis.json, benchmark.json (pytest-benchmark format)
-and the verdict table. `tpbench report DIR` rebuilds them without rerunning anything."""
+"""Everything derived from run.json alone: analysis.json, benchmark.json (pytest-benchmark format),
+report.md with its PNG plots, and the terminal verdict. `tpbench report DIR` rebuilds them without
+rerunning anything, and rebuilding gives identical files (no generation timestamps; the bootstrap
+seed is fixed; PNGs carry no software tag).
+
+The verdict never says more than the analysis decided: "do tracepoints beat libpcap?" is answered
+from the paired comparison's CI (analysis.py), and "not decided" stays "not decided".
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,13 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from .analysis import analyse
+from .analysis import analyse, workload_key
+from .attribution import attribution
 from .benchjson import benchmark_json
 from .errors import UsageError
+from .fidelity import fidelity, row_status
 from .record import SCHEMA_VERSION, write_json_atomic
+from .visibility import visibility
 
 
 def load_run(path: Path) -> dict[str, Any]:
@@ -31,20 +40,129 @@ def load_run(path: Path) -> dict[str, Any]:
     return data
 
 
+def full_analysis(run: dict[str, Any]) -> dict[str, Any]:
+    """analysis.py's statistics plus fidelity, visibility and attribution (all from run.json)."""
+    result = analyse(run)
+    result["fidelity"] = fidelity(run)
+    result["visibility"] = visibility(run)
+    result["attribution"] = attribution(run)
+    result["answers"] = {key: tracepoint_vs_pcap(key, entry) for key, entry in result["workloads"].items()}
+    return result
+
+
 def write_outputs(directory: Path, run: dict[str, Any]) -> dict[str, Any]:
-    analysis = analyse(run)
+    from .plots import plot_overheads, plot_sweep, sweeps
+
+    analysis = full_analysis(run)
+    operations = {c["workload"]: c.get("operation") or "operation" for c in run["cells"]}
+    found = sweeps(analysis, operations)
+    analysis["sweeps"] = found
     write_json_atomic(directory / "analysis.json", analysis)
     write_json_atomic(directory / "benchmark.json", benchmark_json(run, analysis))
+    plots: dict[str, str] = {}
+    swept = {p["key"] for s in found for p in s["points"]}
+    main_keys = [k for k in analysis["workloads"] if k not in swept]
+    if plot_overheads(analysis, main_keys, directory / "overhead.png"):
+        plots["overhead"] = "overhead.png"
+    for sweep in found:
+        name = f"sweep-{sweep['workload']}-{sweep['parameter']}.png"
+        plot_sweep(sweep, directory / name)
+        plots[f"{sweep['workload']}:{sweep['parameter']}"] = name
+    _write_text(directory / "report.md", render_markdown(run, analysis, plots))
     return analysis
 
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------- verdicts
+
+def _backend_of(label: str) -> str:
+    return label.split("/", 1)[-1].split("[")[0]
+
+
+def tracepoint_vs_pcap(key: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """The explicit answer for one workload, from the paired comparisons only."""
+    pairs = [c for c in entry.get("comparisons", []) if {_backend_of(c["a"]), _backend_of(c["b"])} == {"tracepoint", "pcap"}]
+    if not pairs:
+        return {"answer": "not measured", "sentence": "not measured: this run has no tracepoint and pcap cells "
+                "for this workload", "pairs": []}
+    results = []
+    for c in pairs:
+        tp, pc = (c["a"], c["b"]) if _backend_of(c["a"]) == "tracepoint" else (c["b"], c["a"])
+        if c["verdict"].startswith(f"{tp} is cheaper"):
+            outcome = "yes"
+        elif c["verdict"].startswith(f"{pc} is cheaper"):
+            outcome = "no"
+        elif c["verdict"] == "no significant difference":
+            outcome = "no difference"
+        else:
+            outcome = "not decided"
+        diff = c["diff_a_minus_b"]
+        sign = 1 if c["a"] == tp else -1  # report tracepoint - pcap
+        lo, hi = (diff["low"], diff["high"]) if sign == 1 else (
+            (-diff["high"] if diff["high"] is not None else None), (-diff["low"] if diff["low"] is not None else None))
+        results.append({"tracepoint": tp, "pcap": pc, "outcome": outcome, "verdict": c["verdict"],
+                        "diff_us": sign * diff["median"], "low_us": lo, "high_us": hi,
+                        "percent_of_baseline": (sign * c["percent_of_baseline"]) if c["percent_of_baseline"] is not None else None})
+    default = next((r for r in results if "[" not in r["tracepoint"] and "[" not in r["pcap"]), results[0])
+    outcomes = {r["outcome"] for r in results}
+    head = {"yes": "yes", "no": "no", "no difference": "no significant difference",
+            "not decided": "not decided"}[default["outcome"]]
+    ci = _ci_us(default)
+    sentence = f"{head}: CPU per operation of {default['tracepoint']} - {default['pcap']} = {ci}"
+    if default["outcome"] == "not decided":
+        sentence += f" ({default['verdict'].removeprefix('not decided: ')})"
+    if len(outcomes) > 1:
+        sentence += "; other settings differ: " + "; ".join(
+            f"{_setting(r['tracepoint'])} vs {_setting(r['pcap'])}: {r['outcome']}" for r in results if r is not default)
+    return {"answer": head, "sentence": sentence, "pairs": results}
+
+
+def _setting(label: str) -> str:
+    return label.split("/", 1)[-1]
+
+
+def _signed(value: float) -> str:
+    """Readable at every scale: +3,012 for thousands of µs, +1.66e-05 for µs per byte."""
+    return f"{value:+,.0f}" if abs(value) >= 1000 else f"{value:+.3g}"
+
+
+def _ci_us(r: dict[str, Any]) -> str:
+    if r["low_us"] is None:
+        return f"{_signed(r['diff_us'])} µs/op (no CI: fewer than 3 paired trials)"
+    pct = f" ({r['percent_of_baseline']:+.1f}% of the baseline's)" if r["percent_of_baseline"] is not None else ""
+    return f"{_signed(r['diff_us'])} µs/op [{_signed(r['low_us'])}, {_signed(r['high_us'])}]{pct}"
+
+
+# ---------------------------------------------------------------- terminal
 
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _fidelity_summary(cell_fid: dict[str, Any] | None) -> str:
+    if not cell_fid:
+        return ""
+    missing = sum(r["missing"] or 0 for r in cell_fid["rows"])
+    extra = sum(r["extra"] or 0 for r in cell_fid["rows"])
+    invisible = sorted({r["name"] for r in cell_fid["rows"] if row_status(r) == "invisible"})
+    parts = [f"missing {missing:,}"] if missing else []
+    parts += [f"extra {extra:,}"] if extra else []
+    if cell_fid["lost_reported"]:
+        parts.append(f"lost {cell_fid['lost_reported']:,} {cell_fid['lost_unit']}")
+    if invisible:
+        parts.append(f"cannot see {', '.join(invisible)}")
+    return "; ".join(parts) or "as declared"
+
+
 def print_verdict(run: dict[str, Any], analysis: dict[str, Any], out: TextIO) -> None:
     print(f"run {run['run_id']} ({run['status']}), kernel {run['kernel']['release']}, "
           f"headers {run['headers']['kind']}, {run['config']['trials']} trials per cell", file=out)
+    fid = analysis.get("fidelity", {})
     for key, workload in analysis["workloads"].items():
         print(f"\n{key}  (baseline: {workload['baseline'] or 'none measured'})", file=out)
         print(f"  {'cell':<44} {'rate/s':>14} {'CPU us/op':>10} {'overhead [95% CI]':>24}  verdict", file=out)
@@ -61,13 +179,369 @@ def print_verdict(run: dict[str, Any], analysis: dict[str, Any], out: TextIO) ->
                 verdict = over["verdict"]
             else:
                 ci, verdict = "-", ("baseline" if cell["backend"] == "none" else "no baseline")
-            lost = sum(cell["lost"])
-            notes = (f"; {lost} events lost" if lost else "") + (f"; {cell['failed']} failed" if cell["failed"] else "")
+            notes = _fidelity_summary(fid.get(key, {}).get(label))
+            notes = (f"; {notes}" if notes else "") + (f"; {cell['failed']} failed" if cell["failed"] else "")
             cpu_text = "-" if cpu is None else f"{cpu:.3g}"
             print(f"  {label:<44} {_fmt(rate, 0):>14} {cpu_text:>10} {ci:>24}  {verdict}{notes}", file=out)
-        claims = [c for c in workload["comparisons"]
-                  if {c["a"].split("/")[1].split("[")[0], c["b"].split("/")[1].split("[")[0]} == {"tracepoint", "pcap"}]
-        for c in claims:
-            d = c["diff_a_minus_b"]
-            print(f"  {c['a']} - {c['b']}: {d['median']:.3g} us/op [{d['low']:.3g}, {d['high']:.3g}]"
-                  f" -> {c['verdict']}", file=out) if d["low"] is not None else None
+        answer = analysis.get("answers", {}).get(key) or tracepoint_vs_pcap(key, workload)
+        print(f"  do tracepoints beat libpcap here? {answer['sentence']}", file=out)
+    for sweep in analysis.get("sweeps", []):
+        print(f"\nsweep {sweep['workload']} over {sweep['parameter']}: {_crossover_sentence(sweep)}", file=out)
+
+
+def _crossover_sentence(sweep: dict[str, Any]) -> str:
+    tvp = sweep["tracepoint_vs_pcap"]
+    if tvp["crossover"]:
+        c = tvp["crossover"]
+        return (f"crossover between {sweep['parameter']}={c['between'][0]} and {c['between'][1]}: "
+                f"{c['cheaper_below']} is cheaper below, {c['cheaper_above']} above (decided points on each side)")
+    signs = [p["sign"] for p in tvp["points"]]
+    if not any(s in (1, -1) for s in signs):
+        return "no point decided between tracepoint and pcap (CIs too wide or not measured): no conclusion"
+    winners = {("tracepoint" if s == 1 else "pcap") for s in signs if s in (1, -1)}
+    undecided = sum(1 for s in signs if s not in (1, -1))
+    return (f"{winners.pop()} is cheaper at every decided point ({len(signs) - undecided} of {len(signs)}); "
+            "no crossover observed" + (f"; {undecided} points not decided" if undecided else ""))
+
+
+# ---------------------------------------------------------------- report.md
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def esc(text: Any) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _n(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+    return f"{value:,}"
+
+
+def _pct_ci(pct: dict[str, Any] | None) -> str:
+    if not pct:
+        return "-"
+    if pct["low"] is None:
+        return f"{pct['median']:+.1f}% (no CI)"
+    return f"{pct['median']:+.1f}% [{pct['low']:+.1f}, {pct['high']:+.1f}]"
+
+
+def render_markdown(run: dict[str, Any], analysis: dict[str, Any], plots: dict[str, str]) -> str:
+    out: list[str] = [f"# tpbench report: run {run['run_id']}", ""]
+    out += _header(run, analysis)
+    out += _verdict_section(run, analysis, plots)
+    out += _conditions_section(analysis, plots)
+    out += _fidelity_section(analysis)
+    out += _visibility_section(analysis)
+    out += _attribution_section(analysis)
+    out += _caveats_section(run, analysis)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _header(run: dict[str, Any], analysis: dict[str, Any]) -> list[str]:
+    kernel, headers, git = run["kernel"], run.get("headers") or {}, run.get("git") or {}
+    host = run.get("host") or {}
+    lines = [
+        f"- **kernel**: {kernel['release']} ({kernel.get('version', '')}, {kernel.get('machine', '')}), "
+        f"{host.get('cpus', '?')} CPUs",
+        f"- **headers used by bcc**: {headers.get('kind', '?')}"
+        + (f" ({headers['package_version']})" if headers.get("package_version") else "")
+        + (f": {headers['detail']}" if headers.get("detail") else ""),
+        f"- **run**: status {run['status']}, started {run.get('started_at')}, finished {run.get('finished_at')}, "
+        f"{run['config']['trials']} interleaved trials per cell"
+        + (f", profile `{run['profile']}`" if run.get("profile") else ""),
+        f"- **code**: commit {git.get('commit', 'unknown')}{' (uncommitted changes)' if git.get('dirty') else ''}",
+        f"- **command**: `{' '.join(run.get('command_line') or [])}`",
+    ]
+    if run.get("vm"):
+        vm = run["vm"]
+        lines.append(f"- **VM**: kernel {vm.get('release')}, "
+                     f"{'EMULATED (TCG): timings are not native' if vm.get('emulated') else 'KVM'}")
+    return lines + [""]
+
+
+def _verdict_section(run: dict[str, Any], analysis: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    out = ["## Verdict", "",
+           "CPU is system-wide busy time per operation over the measured loop; overhead is paired per "
+           f"round against the no-observer baseline (median, 95% bootstrap CI). A verdict needs the CI to "
+           f"exclude 0 and a half-width of at most {analysis['decide_pp']:g} percentage points of the baseline.", ""]
+    if "overhead" in plots:
+        out += [f"![CPU overhead per workload]({plots['overhead']})", ""]
+    fid = analysis.get("fidelity", {})
+    for key, entry in analysis["workloads"].items():
+        answer = analysis["answers"][key]
+        out += [f"### {key}", "", f"**Do tracepoints beat libpcap here?** {answer['sentence']}", ""]
+        ranked = []
+        for label, cell in entry["cells"].items():
+            if not cell["available"]:
+                continue
+            over = cell["overhead"].get("cpu_per_op")
+            ranked.append((over["percent"]["median"] if over else float("-inf") if cell["backend"] == "none" else float("inf"),
+                           label, cell, over))
+        ranked.sort(key=lambda r: (r[0], r[1]))
+        rows = []
+        for rank, (_, label, cell, over) in enumerate(ranked, 1):
+            cpu = cell["metrics"].get("cpu_per_op", {})
+            rate = cell["metrics"].get("rate", {})
+            rows.append([str(rank), label, _n(rate.get("median")), _n(cpu.get("median")),
+                         _pct_ci(over["percent"]) if over else ("baseline" if cell["backend"] == "none" else "-"),
+                         over["verdict"] if over else "-", _fidelity_summary(fid.get(key, {}).get(label)) or "-",
+                         f"{cell['trials'] - cell['failed']}" + (f" ({cell['failed']} failed)" if cell["failed"] else "")])
+        out += _md_table(["#", "cell", "rate /s", "CPU µs/op", "CPU overhead [95% CI]", "verdict", "fidelity",
+                          "ok trials"], rows)
+        unavailable = [f"{label}: {cell['reason']}" for label, cell in entry["cells"].items() if not cell["available"]]
+        if unavailable:
+            out += ["", "Not measured on this kernel: " + "; ".join(unavailable)]
+        decided = [c for c in entry["comparisons"] if not c["verdict"].startswith("not decided")]
+        if entry["comparisons"]:
+            out += ["", f"Pairwise (paired per round, CPU µs/op, A - B): {len(decided)} of "
+                    f"{len(entry['comparisons'])} pairs decided."]
+            rows = [[c["a"], c["b"], _diff(c["diff_a_minus_b"]), c["verdict"]] for c in entry["comparisons"]
+                    if {_backend_of(c["a"]), _backend_of(c["b"])} & {"tracepoint", "pcap"}]
+            if rows:
+                out += [""] + _md_table(["A", "B", "A - B µs/op [95% CI]", "verdict"], rows)
+        out.append("")
+    return out
+
+
+def _diff(d: dict[str, Any]) -> str:
+    if d["low"] is None:
+        return f"{_signed(d['median'])} (no CI)"
+    return f"{_signed(d['median'])} [{_signed(d['low'])}, {_signed(d['high'])}]"
+
+
+def _conditions_section(analysis: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    out = ["## Conditions: when does the answer hold?", ""]
+    if not analysis.get("sweeps"):
+        return out + ["Not explored in this run: it has no sweep (cells of one workload differing in one "
+                      "parameter at three or more values). `tpbench bench --profile thorough` adds a churn-rate "
+                      "sweep and a stream message-size sweep; `tpbench report` then plots CPU per operation "
+                      "against the measured rate and throughput and marks any tracepoint/pcap crossover.", ""]
+    for sweep in analysis["sweeps"]:
+        name = plots.get(f"{sweep['workload']}:{sweep['parameter']}")
+        out += [f"### {sweep['workload']}: {sweep['parameter']} swept", ""]
+        if name:
+            out += [f"![{sweep['workload']} {sweep['parameter']} sweep]({name})", ""]
+        out += [f"**Tracepoint vs pcap**: {_crossover_sentence(sweep)}.", ""]
+        rows = [[str(p["value"]), p["verdict"]] for p in sweep["tracepoint_vs_pcap"]["points"]]
+        out += _md_table([sweep["parameter"], "tracepoint vs pcap (paired, CPU per operation)"], rows) + [""]
+        rows = []
+        for setting, pts in sorted(sweep["lines"].items()):
+            for p in pts:
+                rows.append([setting, str(p["value"]), _n(p["rate"]), _n(p["cpu"]),
+                             _pct_ci({"median": p["overhead_pct"], "low": p["overhead_low"], "high": p["overhead_high"]})
+                             if p["overhead_pct"] is not None else "-"])
+        out += _md_table(["backend", sweep["parameter"], "measured rate /s", "CPU µs/op", "overhead [95% CI]"], rows)
+        out.append("")
+    return out
+
+
+def _fidelity_section(analysis: dict[str, Any]) -> list[str]:
+    out = ["## Fidelity", "",
+           "Summed over each cell's ok trials. *expected*: the workload's exact declaration (or the nstat "
+           "counter it must equal); *bound*: a declared lower bound; *lost*: the part of a shortfall the "
+           "observer's own reported losses (in events) could explain; *missing*: expected (or bound) - seen "
+           "- lost, per trial; *extra*: seen - expected. Matching is by per-trial totals per side and "
+           "kind/transition, not per flow (see Caveats).", ""]
+    for key, cells in analysis.get("fidelity", {}).items():
+        out += [f"### {key}", ""]
+        checks = [c["ground_truth"] for c in cells.values()]
+        matching = sum(g["trials_matching"] for g in checks)
+        total = sum(g["trials"] for g in checks)
+        out += [f"Ground truth checked: the kernel's counters equal the workload's exact nstat declarations in "
+                f"{matching} of {total} observer trials." + (" Mismatches: " + "; ".join(
+                    f"{m['side']} {m['counter']} declared {m['declared']}, counted {m['counted']} (trial {m['trial']})"
+                    for g in checks for m in g["mismatches"][:3]) if matching < total else ""), ""]
+        summary = []
+        for label, cell in cells.items():
+            rows_ = cell["rows"]
+            checks = cell["kernel_checks"]
+            summary.append([label, _n(sum(r["expected"] or 0 for r in rows_ if r["category"] == "event")),
+                            _n(sum(r["missing"] or 0 for r in rows_)), _n(sum(r["extra"] or 0 for r in rows_)),
+                            f"{cell['lost_reported']:,} {cell['lost_unit']}",
+                            ", ".join(sorted({r["name"] for r in rows_ if row_status(r) == "invisible"})) or "-",
+                            _n(sum(cell["other_side"].values())),
+                            f"{sum(1 for c in checks if c['difference'] == 0)}/{len(checks)}" if checks else "-"])
+        out += _md_table(["cell", "events expected (exact)", "missing", "extra", "lost (reported)",
+                          "cannot see (declared)", "events of neither host", "kernel counters equal"], summary)
+        out += ["", "<details><summary>Per side, kind and transition</summary>", ""]
+        for label, cell in cells.items():
+            rows = []
+            for r in cell["rows"]:
+                status = row_status(r)
+                if status == "none seen" and r["declared"] == "not declared":
+                    continue
+                rows.append([r["side"], r["name"], r["declared"] or "-", _n(r["expected"]), _n(r["bound"]),
+                             _n(r["seen"]), _n(r["lost"]) if r["lost"] else "0", _n(r["missing"]), _n(r["extra"]),
+                             f"{r['trials_as_declared']}/{r['trials']}" if r["declared"] in ("exact", "equals_nstat", "at_least") else "-",
+                             status + (f": {r['invisible']}" if status == "invisible" else "")
+                             + (f" ({r['note']})" if r["note"] and status != "invisible" else "")])
+            lost = f"{cell['lost_reported']:,} {cell['lost_unit']}"
+            out += [f"**{label}** ({cell['trials']} trials; observer-reported lost: {lost})", ""]
+            out += _md_table(["side", "transition / kind", "declared", "expected", "bound", "seen", "lost",
+                              "missing", "extra", "trials as declared", "status"], rows)
+            if cell["other_side"]:
+                out += ["", "Events of neither host (their addresses were not the topology's): " + ", ".join(
+                    f"{name} {n:,}" for name, n in sorted(cell["other_side"].items()))]
+            if cell["field_check"]:
+                wrong = "; ".join(f"{k}: " + ", ".join(f"{f} {n:,}" for f, n in sorted(v.items()))
+                                  for k, v in sorted(cell["wrong_fields"].items())) or "none"
+                out += ["", f"Wrong fields (struct reads vs the tracepoint's fields for the same event): {wrong}"]
+            if cell["kernel_checks"]:
+                out += ["", "Against the kernel's own counters:", ""]
+                out += _md_table(["side", "observer", "counter", "seen", "counted", "seen - counted", "relation",
+                                  "why"],
+                                 [[c["side"], c["observed"], c["counter"], _n(c["seen"]), _n(c["counted"]),
+                                   f"{c['difference']:+,}", c["relation"],
+                                   c["why"] + (f" (offloads on: {'; '.join(c['offloads_on'])})" if c["offloads_on"] else "")]
+                                  for c in cell["kernel_checks"]])
+            out.append("")
+        out += ["</details>", ""]
+    return out
+
+
+def _visibility_section(analysis: dict[str, Any]) -> list[str]:
+    vis = analysis.get("visibility") or {}
+    out = ["## Kernel-state visibility", "",
+           "Filled from this run's trials only. *seen k/n*: reported in k of the n trials whose workload "
+           "declared it; *inferred*: reconstructed from packets or socket snapshots; *invisible*: declared "
+           "by the workload and reported in none of its trials, or declared invisible by the backend itself; "
+           "*not measured*: no trial exercised it. The evidence (cell #trial) for each cell follows the table.", ""]
+    columns = vis.get("columns") or []
+    if not columns:
+        return out + ["No observer cell with ok trials in this run.", ""]
+    evidence: list[str] = []
+    rows = []
+    for row in vis["rows"]:
+        cells = []
+        for column in columns:
+            value = row["cells"][column]
+            text = value["text"]
+            if value.get("evidence"):
+                evidence.append(f"{row['row']} / {column}: {value['evidence']}"
+                                + (f" ({value['reason']})" if value.get("reason") else ""))
+                text += f" [{len(evidence)}]"
+            cells.append(text)
+        rows.append([row["row"], *cells])
+    out += _md_table(["", *columns], rows)
+    if vis.get("unavailable"):
+        out += ["", "Not available on this kernel (no column): " + "; ".join(
+            f"{k}: {v}" for k, v in sorted(vis["unavailable"].items()))]
+    out += ["", "<details><summary>Evidence</summary>", ""]
+    out += [f"{i}. {text}" for i, text in enumerate(evidence, 1)]
+    return out + ["", "</details>", ""]
+
+
+def _attribution_section(analysis: dict[str, Any]) -> list[str]:
+    out = ["## Attribution", "",
+           "Share of events whose recorded pid is one of the workload's own pids for that side. Passive-side "
+           "events (a received SYN, FIN or RST) are handled in softirq and charged to whichever task was "
+           "interrupted: the peer's process, the idle task (pid 0) or another task.", ""]
+    data = analysis.get("attribution") or {}
+    if not data:
+        return out + ["No cell of this run recorded per-event pids (stream-mode tracepoint/kprobe or tracefs do).", ""]
+    for key, cells in data.items():
+        rows = []
+        for label, cell in cells.items():
+            for r in cell["rows"]:
+                rows.append([label, r["side"], r["kind"], _n(r["attributed"]),
+                             f"{r['share_right']:.1%}" if r["share_right"] is not None else "-",
+                             _n(r["other_side_process"]), _n(r["idle_task"]), _n(r["other_task"]),
+                             f"{r['coverage']:.0%}" if r["coverage"] is not None else "-",
+                             ", ".join(f"{c} {n:,}" for c, n in r["wrong_comms"].items()) or "-"])
+        out += [f"### {key}", ""] + _md_table(
+            ["cell", "side", "kind", "events scored", "right process", "peer's process", "idle task",
+             "other task", "scored / seen", "top wrong comms"], rows) + [""]
+    return out
+
+
+def _caveats_section(run: dict[str, Any], analysis: dict[str, Any]) -> list[str]:
+    headers = run.get("headers") or {}
+    failed = sum(1 for c in run["cells"] for t in c.get("trials", []) if t.get("status") != "ok")
+    out = ["## Caveats", "",
+           "- **Per-flow matching is not implemented.** Backends record counts per side, kind and transition, "
+           "not per-event records with 4-tuple and time, so fidelity matches per-trial totals against the "
+           "workloads' exact declarations and the kernel's SNMP counters. An observer that reported one "
+           "flow's event twice and another's not at all would pass a total that matches. Wrong addresses "
+           "show only as events of neither host; wrong fields only where a kprobe/fentry cell ran its "
+           "tracepoint check.",
+           "- **Losses are per trial, not per kind.** *lost* in the fidelity tables is an upper bound of what "
+           "the reported losses could explain for that row; pcap reports dropped packets and sockdiag missed "
+           "connections, which are shown but never subtracted from event counts.",
+           f"- **Statistics**: {analysis['method']}",
+           "- **CPU** is system-wide (/proc/stat, 10 ms ticks) over the measured loop: anything else running on "
+           "the machine lands in every cell; interleaving spreads it, it does not remove it.",
+           ]
+    if headers.get("kind") == "fallback":
+        out.append(f"- **Headers are a fallback** ({headers.get('package_version')}): tracepoint arguments come "
+                   "from tracefs and are unaffected; struct layouts read through these headers (kprobe/fentry) "
+                   "are checked against the tracepoints in their cells.")
+    if run["status"] != "complete":
+        out.append(f"- **The run is {run['status']}**: only its finished trials are analysed.")
+    if failed:
+        out.append(f"- **{failed} trials failed** and are excluded (their errors are in run.json).")
+    if run.get("vm", {}).get("emulated"):
+        out.append("- **Emulated VM (TCG)**: timings are not native; compare counts, not costs.")
+    pcap_caveats = sorted({((t.get("observed") or {}).get("details") or {}).get("pcap_stats", {}).get("caveat", "")
+                           for c in run["cells"] for t in c.get("trials", []) if t.get("status") == "ok"} - {""})
+    for caveat in pcap_caveats:
+        out.append(f"- **pcap counters**: {caveat}.")
+    assumptions = sorted({a for c in run["cells"] for t in c.get("trials", []) if t.get("status") == "ok"
+                          for a in ((t.get("observed") or {}).get("details") or {}).get("assumptions", [])})
+    if assumptions:
+        out.append("- **pcap inference assumes**: " + "; ".join(assumptions) + ".")
+    return out + [""]
+
+
+# ---------------------------------------------------------------- compare
+
+def compare(runs: list[tuple[str, dict[str, Any]]]) -> tuple[str, list[str]]:
+    """Two runs side by side: overhead per workload and backend present in both. Returns
+    (markdown, terminal lines)."""
+    (name_a, run_a), (name_b, run_b) = runs
+    an_a, an_b = analyse(run_a), analyse(run_b)
+
+    def title(run: dict[str, Any]) -> str:
+        emulated = ", EMULATED VM: timings not native" if (run.get("vm") or {}).get("emulated") else ""
+        return (f"{run['run_id']} (kernel {run['kernel']['release']}, headers {(run.get('headers') or {}).get('kind', '?')}, "
+                f"{str(run.get('started_at') or '?')[:10]}{emulated})")
+
+    md = ["# tpbench compare", "", f"- **A**: {title(run_a)} from `{name_a}`", f"- **B**: {title(run_b)} from `{name_b}`",
+          "", "CPU overhead per operation against each run's own no-observer baseline (median, 95% CI), and "
+          "each run's verdict. Runs on different kernels or machines are compared by their overheads, "
+          "never by raw CPU time.", ""]
+    terminal = [f"A: {title(run_a)}", f"B: {title(run_b)}"]
+    common = [k for k in an_a["workloads"] if k in an_b["workloads"]]
+    if not common:
+        md += ["No workload (with the same parameters) is in both runs."]
+        terminal.append("no workload with the same parameters in both runs")
+    for key in common:
+        cells_a, cells_b = an_a["workloads"][key]["cells"], an_b["workloads"][key]["cells"]
+        rows = []
+        terminal.append(f"\n{key}")
+        for label in [l for l in cells_a if l in cells_b]:
+            a, b = cells_a[label], cells_b[label]
+            if a["backend"] == "none":
+                continue
+            oa = a.get("overhead", {}).get("cpu_per_op") if a["available"] else None
+            ob = b.get("overhead", {}).get("cpu_per_op") if b["available"] else None
+            text_a = _pct_ci(oa["percent"]) if oa else ("unavailable" if not a["available"] else "-")
+            text_b = _pct_ci(ob["percent"]) if ob else ("unavailable" if not b["available"] else "-")
+            rows.append([label, text_a, oa["verdict"] if oa else "-", text_b, ob["verdict"] if ob else "-"])
+            terminal.append(f"  {label:<40} A {text_a:<28} B {text_b}")
+        answers = [tracepoint_vs_pcap(key, an["workloads"][key])["sentence"] for an in (an_a, an_b)]
+        terminal += [f"  tracepoints beat libpcap? A: {answers[0]}", f"  tracepoints beat libpcap? B: {answers[1]}"]
+        md += [f"## {key}", ""] + _md_table(["cell", "A overhead", "A verdict", "B overhead", "B verdict"], rows)
+        md += ["", f"Do tracepoints beat libpcap? **A**: {answers[0]}. **B**: {answers[1]}.", ""]
+    only = sorted(set(an_a["workloads"]) ^ set(an_b["workloads"]))
+    if only:
+        md += ["In one run only: " + ", ".join(f"`{k}`" for k in only), ""]
+    return "\n".join(md).rstrip() + "\n", terminal
+
+
+__all__ = ["compare", "full_analysis", "load_run", "print_verdict", "render_markdown", "write_outputs",
+           "workload_key"]
