@@ -39,9 +39,18 @@ def test_tracefs_sees_exactly_what_the_tracepoint_backend_and_the_declaration_sa
     assert "other" not in observed["sides"]
     # the same tracepoints through BPF saw the same per-side counts (unless the kernel says BPF
     # skipped some: bpf_prog_active recursion, which ftrace's probe is not subject to)
+    # Rare events (a client port reused against the server's TIME_WAIT: one RST, one SYN
+    # retransmit) differ from trial to trial, so they are held to each trial's own kernel counters.
     if tracepoint["observed"]["lost"] == 0:
         for side in ("client", "server"):
-            assert observed["sides"][side] == tracepoint["observed"]["sides"][side], side
+            ours, theirs = observed["sides"][side], tracepoint["observed"]["sides"][side]
+            assert ours["transitions"] == theirs["transitions"], side
+            for kind in ("state_change", "sock_destroy", "probe"):
+                assert ours["events"].get(kind, 0) == theirs["events"].get(kind, 0), (side, kind)
+    for side in ("client", "server"):
+        nstat = tracefs["ground_truth"]["nstat"][side]
+        assert observed["sides"][side]["events"].get("reset_sent", 0) == nstat["TcpOutRsts"], side
+        assert observed["sides"][side]["events"].get("retransmit", 0) == nstat["TcpRetransSegs"], side
     # the kernel filter kept only this topology's pair: inet_sock_set_state filtered on addresses
     assert "saddr ==" in details["kernel_filters"]["sock:inet_sock_set_state"]
     assert details["events_read"] == sum(observed["events"].values()) + sum(details["filtered_user_space"].values())
