@@ -26,6 +26,8 @@ examples:
   tpbench bench                                   the default suite (what `make bench` runs)
   tpbench list                                    backends, workloads and their parameters
   tpbench cleanup                                 remove what a crashed run left behind
+  tpbench vm --kernel /boot/vmlinuz-6.1.0-56-amd64 -- run -b kprobe,tracepoint -w churn
+                                                  the same run on another kernel, in a VM
 """
 
 
@@ -108,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser(
         "report",
-        help="rebuild analysis.json, benchmark.json and the verdict from a run's run.json alone",
+        help="rebuild analysis.json, benchmark.json, report.md (+ PNG plots) and the verdict from run.json alone",
         epilog="examples:\n  tpbench report results/20261126T140512-3fa9",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -126,10 +128,48 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup = commands.add_parser(
         "cleanup",
         help="remove leftovers of crashed runs (tpb-* namespaces and links, sysctls, tracefs mount)",
-        epilog="examples:\n  tpbench cleanup\n  tpbench cleanup --dry-run",
+        epilog="examples:\n  tpbench cleanup\n  tpbench cleanup --dry-run\n  tpbench cleanup --run 20261126T140512-3fa9",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cleanup.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    cleanup.add_argument("--run", metavar="RUN_ID", help="only that run's namespaces (and this state folder's saved settings)")
+
+    vm = commands.add_parser(
+        "vm",
+        help="run 'tpbench run ...' on another kernel in a virtme-ng VM; run.json comes back tagged",
+        epilog="examples:\n"
+        "  tpbench vm --kernel /boot/vmlinuz-6.1.0-56-amd64 -- run -b kprobe,tracepoint -w churn "
+        "-p connections=200 --json\n"
+        "  tpbench vm --kernel /boot/vmlinuz-6.1.0-56-amd64 --cpus 2 --memory 2G --timeout 1200 -- "
+        "run -b fentry -w churn -p mode=aggregate\n"
+        "The guest sees this host's filesystem read-only and runs this checkout's .venv as root.\n"
+        "Without a working KVM it is emulated (TCG): ~40 s boot, ~2.5 min per bcc compile, and every\n"
+        "timing it records is labelled emulated.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    vm.add_argument("--kernel", type=Path, required=True, help="kernel image (bzImage), e.g. /boot/vmlinuz-*")
+    vm.add_argument("--cpus", type=_positive_int, default=2, help="guest CPUs (default 2)")
+    vm.add_argument("--memory", default="2G", help="guest memory, qemu syntax (default 2G)")
+    vm.add_argument("--timeout", type=_positive_int, default=1800,
+                    help="seconds before the VM is killed (default 1800)")
+    vm.add_argument("--kvm", choices=("auto", "on", "off"), default="auto",
+                    help="auto: use KVM only if a short test boot comes back (default)")
+    vm.add_argument("-o", "--out", type=Path, default=Path("results"),
+                    help="folder that receives <run-id>-vm-<release>/run.json (default ./results)")
+    vm.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    vm.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    vm.add_argument("run_args", nargs=argparse.REMAINDER, metavar="-- run ARGS",
+                    help="the 'tpbench run' arguments for the guest, after '--'")
+
+    compare = commands.add_parser(
+        "compare",
+        help="two runs side by side (two kernels, two dates): overhead per workload and backend",
+        epilog="examples:\n  tpbench compare results/20261126T140512-3fa9 results/20261201T090000-77ab\n"
+        "writes compare.md into the current directory (or --out)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_argument("run_dirs", type=Path, nargs=2, metavar="DIR", help="two run folders (or run.json files)")
+    compare.add_argument("-o", "--out", type=Path, default=Path("."), help="folder for compare.md (default .)")
 
     listing = commands.add_parser("list", help="backends, workloads and their parameters")
     listing.add_argument("--json", action="store_true")
@@ -301,6 +341,45 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vm(args: argparse.Namespace) -> int:
+    from .vm import run_in_vm
+
+    run_args = args.run_args[1:] if args.run_args[:1] == ["--"] else args.run_args
+    inner_json = "--json" in run_args
+    run_args = [a for a in run_args if a != "--json"] + ["--json"]  # the guest always reports JSON
+    summary = run_in_vm(args.kernel, run_args, args.out, args.cpus, args.memory, float(args.timeout),
+                        args.kvm, (lambda _: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)))
+    if args.json or inner_json:
+        json.dump(summary, sys.stdout, indent=1)
+        print()
+    else:
+        vm = summary["vm"]
+        print(f"vm run {summary['run_id']} ({summary['status']}), kernel {vm['release']}, "
+              f"{'EMULATED (TCG): timings are not native' if vm['emulated'] else 'KVM'}; boot {vm['boot_s']} s")
+        for check in summary["cross_check"]:
+            print(f"  {check['workload']}: {' vs '.join(check['backends'])}: counts "
+                  f"{'equal' if check['counts_equal'] else 'DIFFER'}; ns/event {check['ns_per_event']} "
+                  f"(ratio {check['ns_per_event_ratio']}, emulated={vm['emulated']})")
+        print(f"record: {summary['run_json']}")
+    return summary["exit_status"]
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import compare, load_run
+
+    runs = [(str(path), load_run(path)) for path in args.run_dirs]
+    markdown, lines = compare(runs)
+    target = args.out / "compare.md"
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        target.write_text(markdown)
+    except OSError as exc:
+        raise UsageError(f"cannot write {target}: {exc.strerror}") from None
+    print("\n".join(lines))
+    print(f"\ncompare: {target}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .backends import BACKENDS
     from .workloads import WORKLOADS
@@ -345,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_cleanup(args)
         if args.command == "list":
             return cmd_list(args)
+        if args.command == "compare":
+            return cmd_compare(args)
+        if args.command == "vm":
+            return cmd_vm(args)
         raise UsageError(f"unknown command {args.command!r}")
     except UsageError as exc:
         print(f"tpbench: error: {exc}", file=sys.stderr)

@@ -36,6 +36,82 @@ SEED_TRACEPOINTS = (
 )
 
 
+# The kernel functions behind the seed's events, for kprobes and fentry (harness/backends/kprobe.py
+# says which event each one stands for). Functions are not an ABI: each is resolved on the running
+# kernel, never assumed.
+SEED_FUNCTIONS = (
+    "tcp_set_state", "inet_sk_set_state", "inet_csk_listen_start",
+    "__tcp_retransmit_skb", "tcp_retransmit_skb", "tcp_rtx_synack",
+    "tcp_v4_send_reset", "tcp_send_active_reset", "tcp_reset", "tcp_v4_destroy_sock",
+    "tcp_rcv_established",
+)
+# GCC's clone suffixes: a function that exists only as name.isra.0 / .constprop.0 / .part.0 was
+# specialised (arguments dropped or reordered, or split), so its registers do not follow the C
+# signature: a probe there would read garbage.
+CLONE_SUFFIXES = (".isra.", ".constprop.", ".part.", ".cold", ".llvm.")
+
+
+@dataclass(frozen=True)
+class FunctionResolution:
+    name: str
+    status: str  # "present" | "clone" (only specialised copies) | "absent" (inlined or renamed)
+    symbol: str | None  # what a kprobe attaches to
+    clones: tuple[str, ...] = ()
+
+    @property
+    def reason(self) -> str:
+        extra = f" (also as clone {', '.join(self.clones)})" if self.clones else ""
+        if self.status == "present":
+            return f"{self.name} is in /proc/kallsyms{extra}"
+        if self.status == "clone":
+            return (f"{self.name} exists only as {', '.join(self.clones)}: a compiler clone whose arguments "
+                    "need not follow the C signature, so it is not probed")
+        return f"{self.name} is not in /proc/kallsyms: inlined into its callers or renamed on this kernel"
+
+
+def resolve_functions(names: tuple[str, ...] | list[str], kallsyms: str | None = None) -> dict[str, FunctionResolution]:
+    """Each name's fate in this kernel's symbol table (text symbols only: T/t, W/w)."""
+    if kallsyms is None:
+        try:
+            kallsyms = Path("/proc/kallsyms").read_text()
+        except OSError:
+            kallsyms = ""
+    wanted = set(names)
+    exact: set[str] = set()
+    clones: dict[str, list[str]] = {}
+    for line in kallsyms.splitlines():
+        parts = line.split()
+        if len(parts) < 3 or parts[1] not in "TtWw":
+            continue
+        symbol = parts[2]
+        if symbol in wanted:
+            exact.add(symbol)
+            continue
+        for suffix in CLONE_SUFFIXES:
+            base = symbol.split(suffix, 1)[0]
+            if base != symbol and base in wanted:
+                clones.setdefault(base, []).append(symbol)
+                break
+    result = {}
+    for name in names:
+        found = tuple(sorted(set(clones.get(name, ()))))
+        if name in exact:
+            result[name] = FunctionResolution(name, "present", name, found)
+        elif found:
+            result[name] = FunctionResolution(name, "clone", None, found)
+        else:
+            result[name] = FunctionResolution(name, "absent", None)
+    return result
+
+
+def probe_functions(names: tuple[str, ...] = SEED_FUNCTIONS) -> dict[str, Capability]:
+    caps = {}
+    for name, found in resolve_functions(names).items():
+        key = f"function:{name}"
+        caps[key] = Capability(key, found.status == "present", found.reason, asdict(found))
+    return caps
+
+
 @dataclass(frozen=True)
 class Capability:
     name: str
@@ -325,6 +401,7 @@ def probe(build_headers: bool = True) -> KernelProbe:
     found = headers_module.find_headers(build=build_headers and is_root)
     caps["headers"] = Capability("headers", found.kind != "none", found.detail, found.to_dict())
     caps["libpcap"] = _probe_libpcap()
+    caps.update(probe_functions())
     caps.update(_probe_tools())
     uname = os.uname()
     return KernelProbe(release=uname.release, machine=uname.machine, capabilities=caps)

@@ -18,6 +18,9 @@ PACKAGES=(
   tcpdump libpcap0.8         # the libpcap backend's C consumer and an independent capture
   python3-venv gcc make      # the venv and the C reference generator
   iperf3                     # the stream benchmark's reference (benchmarks/)
+  qemu-system-x86 busybox-static  # `tpbench vm`: virtme-ng's qemu, and the static busybox of its initramfs
+  linux-image-amd64          # the default second kernel for `tpbench vm` (6.1, kprobes on; its
+                             # exact headers are linux-headers-amd64 above)
 )
 
 missing=()

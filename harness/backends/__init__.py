@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from .base import Attachment, Availability, Backend, Observation
+from .kprobe import KprobeBackend
 from .none import NoneBackend
 from .pcap import PcapBackend
 from .sockdiag import SockdiagBackend
@@ -15,6 +16,8 @@ BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
     TracepointBackend(),
     TracepointBackend(empty=True),
     PcapBackend(),
+    KprobeBackend(),
+    KprobeBackend(fentry=True),
     TracefsBackend(),
     SockdiagBackend(),
 )}

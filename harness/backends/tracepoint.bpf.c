@@ -21,165 +21,21 @@
 //                           (one ringbuf_output per batch instead of a reserve/submit per event)
 //   CLIENT_ADDR, SERVER_ADDR  the topology's two addresses, as a native load of network bytes
 
-#include <uapi/linux/ptrace.h>
-#include <uapi/linux/in.h>
-#include <linux/socket.h>
+// The record, maps and handle() are shared with the kprobe backend: tcp_events.bpf.h (inlined
+// by the loader, bpf_source() in tracepoint.py: bcc rewrites map calls only in its main file).
+#include "tcp_events.bpf.h"
 
 #ifdef NEED_SK_RST_REASON_STUB
 // 6.10+ formats name this enum; fallback (6.1) headers lack it. Only its size (4) matters here.
 enum sk_rst_reason { TPBENCH_SK_RST_REASON_NOT_SPECIFIED = 0 };
 #endif
 
-enum event_kind {
-    KIND_STATE_CHANGE = 0,
-    KIND_RETRANSMIT = 1,
-    KIND_SYNACK_RETRANSMIT = 2,
-    KIND_RESET_SENT = 3,
-    KIND_RESET_RECEIVED = 4,
-    KIND_SOCK_DESTROY = 5,
-    KIND_PROBE = 6,
-    NKINDS = 7,
-};
-#define NSIDES 3   // 0 client, 1 server, 2 neither (a local address that is not the pair's)
-#define NSTATES 16 // TCP_ESTABLISHED (1) .. TCP_NEW_SYN_RECV (12), rounded up
-
-// 56 bytes. `sk` is the socket's kernel address: its identity while it lives (0: no socket).
-struct event {
-    u64 ts_ns;
-    u64 sk;
-    u32 pid;     // tgid of the current task: in softirq, whichever task was interrupted
-    u8 kind;
-    u8 side;
-    u8 oldstate; // retransmit/reset: the socket's state
-    u8 newstate;
-    u32 saddr;   // local address (network order); for a socketless RST the sender's
-    u32 daddr;
-    u16 sport;   // host order
-    u16 dport;
-    u32 extra;   // retransmit: err; reset_sent: reason; probe: snd_cwnd
-    char comm[16];
-};
-
-BPF_PERCPU_ARRAY(filtered, u64, NKINDS);  // events of other traffic, skipped in the kernel
-#ifdef MODE_AGGREGATE
-BPF_PERCPU_ARRAY(kind_counts, u64, NSIDES * NKINDS);
-BPF_PERCPU_ARRAY(transition_counts, u64, NSIDES * NSTATES * NSTATES);
-#else
-BPF_PERCPU_ARRAY(lost, u64, 1);           // output failures: ring full or perf buffer full
-#ifdef TRANSPORT_RINGBUF
-BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
-BPF_PERCPU_ARRAY(unwoken, u64, 1);        // submitted since this CPU last woke the consumer
-#if BATCH > 1
-// The ring is one buffer shared by all CPUs: every reserve takes its spinlock and bounces its
-// cache lines between CPUs, which costs more than the rest of the program. Staging events per CPU
-// and emitting them BATCH at a time pays that once per batch. The partial batch left at the end
-// is read from this map by the harness at detach, so no event is stranded.
-struct batch {
-    u32 n;
-    u32 pad;
-    struct event ev[BATCH];
-};
-BPF_PERCPU_ARRAY(staging, struct batch, 1);
+// What each probe does with its decoded arguments: handle() here. kprobe.bpf.c includes this
+// file with TP_REPORT defined as its witness, which compares the kprobe's struct reads with the
+// tracepoint's arguments for the same event instead of emitting it twice.
+#ifndef TP_REPORT
+#define TP_REPORT handle
 #endif
-#else
-BPF_PERF_OUTPUT(events);
-#endif
-#endif
-
-static __always_inline void bump(u64 *counter)
-{
-    if (counter)
-        (*counter)++; // per-CPU slot: no atomic needed
-}
-
-// Every program returns 1: perf_trace_run_bpf_submit() hands the event to perf listeners on the
-// same tracepoint only when the BPF program returns non-zero. Returning 0 (as many tools do)
-// would silently blind `perf` or any other tracer attached beside us; with no such listener,
-// returning 1 costs nothing.
-#define PASS_ON 1
-
-static __always_inline int handle(void *ctx, u8 kind, u16 family, u32 saddr, u32 daddr,
-                                  u16 sport, u16 dport, const void *sk, int oldstate,
-                                  int newstate, u32 extra)
-{
-    // This topology's traffic only: IPv4 to or from its two addresses (each topology has its own
-    // /24), everything else counted apart as filtered.
-    if (family != AF_INET || (saddr != CLIENT_ADDR && saddr != SERVER_ADDR &&
-                              daddr != CLIENT_ADDR && daddr != SERVER_ADDR)) {
-        u32 key = kind;
-        bump(filtered.lookup(&key));
-        return PASS_ON;
-    }
-    u32 side = saddr == CLIENT_ADDR ? 0 : saddr == SERVER_ADDR ? 1 : 2;
-#ifdef MODE_AGGREGATE
-    u32 key = side * NKINDS + kind;
-    bump(kind_counts.lookup(&key));
-    if (kind == KIND_STATE_CHANGE) {
-        u32 transition = (side * NSTATES + (oldstate & (NSTATES - 1))) * NSTATES +
-                         (newstate & (NSTATES - 1));
-        bump(transition_counts.lookup(&transition));
-    }
-#else
-    u32 zero = 0;
-#if defined(TRANSPORT_RINGBUF) && BATCH > 1
-    struct batch *b = staging.lookup(&zero);
-    if (!b)
-        return PASS_ON;
-    u32 slot = b->n & (BATCH - 1); // BATCH is a power of two; the mask bounds it for the verifier
-    struct event *e = &b->ev[slot];
-#elif defined(TRANSPORT_RINGBUF)
-    struct event *e = events.ringbuf_reserve(sizeof(struct event));
-    if (!e) {
-        bump(lost.lookup(&zero));
-        return PASS_ON;
-    }
-#else
-    struct event record = {};
-    struct event *e = &record;
-#endif
-    e->ts_ns = bpf_ktime_get_ns();
-    e->sk = (u64)sk;
-    e->pid = bpf_get_current_pid_tgid() >> 32;
-    e->kind = kind;
-    e->side = side;
-    e->oldstate = oldstate;
-    e->newstate = newstate;
-    e->saddr = saddr;
-    e->daddr = daddr;
-    e->sport = sport;
-    e->dport = dport;
-    e->extra = extra;
-    bpf_get_current_comm(&e->comm, sizeof(e->comm));
-#if defined(TRANSPORT_RINGBUF) && BATCH > 1
-    if (slot + 1 < BATCH) {
-        b->n = slot + 1;
-        return PASS_ON;
-    }
-    b->n = 0;
-    // flags 0: the kernel wakes the consumer only when it has caught up (adaptive wake-up)
-    if (events.ringbuf_output(&b->ev[0], BATCH * sizeof(struct event), 0) != 0) {
-        u64 *dropped = lost.lookup(&zero);
-        if (dropped)
-            *dropped += BATCH;
-    }
-#elif defined(TRANSPORT_RINGBUF)
-    // Waking the consumer on every event costs more than the event itself; wake once per
-    // WAKEUP_BATCH events per CPU. The consumer also drains on a short timer, so a quiet tail
-    // is never stranded.
-    u64 flags = BPF_RB_NO_WAKEUP;
-    u64 *pending = unwoken.lookup(&zero);
-    if (pending && ++(*pending) >= WAKEUP_BATCH) {
-        *pending = 0;
-        flags = BPF_RB_FORCE_WAKEUP;
-    }
-    events.ringbuf_submit(e, flags);
-#else
-    if (events.perf_submit(ctx, e, sizeof(*e)) != 0)
-        bump(lost.lookup(&zero));
-#endif
-#endif
-    return PASS_ON;
-}
 
 // IPv4 address from a tracepoint address field: 4 raw bytes, or a 28-byte sockaddr buffer
 // (sockaddr_in: family at 0, port at 2, address at 4).
@@ -202,7 +58,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     u32 s, d;
     ADDR4(s, args->saddr, 4);
     ADDR4(d, args->daddr, 4);
-    return handle(args, KIND_STATE_CHANGE, args->family, s, d, args->sport, args->dport,
+    return TP_REPORT(args, KIND_STATE_CHANGE, args->family, s, d, args->sport, args->dport,
                   args->skaddr, args->oldstate, args->newstate, 0);
 }
 #endif
@@ -220,7 +76,7 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 #ifdef TP_tcp_retransmit_skb_HAS_err
     err = args->err; // 6.x: non-zero when the retransmission failed to leave
 #endif
-    return handle(args, KIND_RETRANSMIT, args->family, s, d, args->sport, args->dport,
+    return TP_REPORT(args, KIND_RETRANSMIT, args->family, s, d, args->sport, args->dport,
                   args->skaddr, args->state, args->state, err);
 }
 #endif
@@ -235,7 +91,7 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_synack)
     u32 s, d;
     ADDR4(s, args->saddr, TP_tcp_retransmit_synack_saddr_SIZE);
     ADDR4(d, args->daddr, TP_tcp_retransmit_synack_daddr_SIZE);
-    return handle(args, KIND_SYNACK_RETRANSMIT, args->family, s, d, args->sport, args->dport,
+    return TP_REPORT(args, KIND_SYNACK_RETRANSMIT, args->family, s, d, args->sport, args->dport,
                   args->skaddr, 0, 0, 0);
 }
 #endif
@@ -268,7 +124,7 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset)
 #ifdef TP_tcp_send_reset_HAS_reason
     reason = args->reason;
 #endif
-    return handle(args, KIND_RESET_SENT, family, s, d, sport, dport, args->skaddr, args->state,
+    return TP_REPORT(args, KIND_RESET_SENT, family, s, d, sport, dport, args->skaddr, args->state,
                   args->state, reason);
 }
 #endif
@@ -282,7 +138,7 @@ TRACEPOINT_PROBE(tcp, tcp_receive_reset)
     u32 s, d;
     ADDR4(s, args->saddr, TP_tcp_receive_reset_saddr_SIZE);
     ADDR4(d, args->daddr, TP_tcp_receive_reset_daddr_SIZE);
-    return handle(args, KIND_RESET_RECEIVED, args->family, s, d, args->sport, args->dport,
+    return TP_REPORT(args, KIND_RESET_RECEIVED, args->family, s, d, args->sport, args->dport,
                   args->skaddr, 0, 0, 0);
 }
 #endif
@@ -296,7 +152,7 @@ TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
     u32 s, d;
     ADDR4(s, args->saddr, TP_tcp_destroy_sock_saddr_SIZE);
     ADDR4(d, args->daddr, TP_tcp_destroy_sock_daddr_SIZE);
-    return handle(args, KIND_SOCK_DESTROY, args->family, s, d, args->sport, args->dport,
+    return TP_REPORT(args, KIND_SOCK_DESTROY, args->family, s, d, args->sport, args->dport,
                   args->skaddr, 0, 0, 0);
 }
 #endif
@@ -314,7 +170,7 @@ TRACEPOINT_PROBE(tcp, tcp_probe)
 #ifdef TP_tcp_probe_HAS_skaddr
     sk = args->skaddr;
 #endif
-    return handle(args, KIND_PROBE, args->family, s, d, args->sport, args->dport, sk, 0, 0,
+    return TP_REPORT(args, KIND_PROBE, args->family, s, d, args->sport, args->dport, sk, 0, 0,
                   args->snd_cwnd);
 }
 #endif

@@ -30,6 +30,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -37,8 +38,9 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from netns import Topology
 
@@ -145,6 +147,30 @@ def _stderr_captured():
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+_LOCAL_INCLUDE = re.compile(rb'^#include "([^"/]+)"[ \t]*$', re.MULTILINE)
+
+
+def bpf_source(path: Path, seen: set[str] | None = None) -> bytes:
+    """The BPF C of `path` with its local `#include "x"` files pasted in (recursively).
+
+    bcc rewrites map methods (`filtered.lookup(&key)`) and context reads only in the main file
+    it is given: in a #included header they stay calls through function pointers, which the
+    verifier rejects ("unknown opcode 8d"). So shared code (tcp_events.bpf.h) is inlined here.
+    """
+    text = path.read_bytes()
+    seen = set() if seen is None else seen
+
+    def paste(match: re.Match) -> bytes:
+        name = match.group(1).decode()
+        if name in seen:
+            return b"// (" + match.group(1) + b" already included)"
+        seen.add(name)
+        included = bpf_source(path.with_name(name), seen)
+        return b"// --- " + match.group(1) + b" ---\n" + included + b"\n// --- end " + match.group(1) + b" ---"
+
+    return _LOCAL_INCLUDE.sub(paste, text)
 
 
 def _compile(text: bytes, cflags: list[str]):
@@ -274,16 +300,47 @@ class _CConsumer:
             self.process.communicate()
 
 
+@dataclass
+class Program:
+    """What a bcc backend hands the shared session: its BPF source, hooks and flags.
+
+    attach: explicit attachments after the compile (kprobes resolved against kallsyms); None when
+    bcc attaches the programs itself (TRACEPOINT_PROBE, KFUNC_PROBE). is_witness: programs that
+    check the observer rather than observe (accounted apart). finish: adds the backend's own
+    results to the observation at detach, given the session (its .bpf, .topology), before
+    the programs are unloaded.
+    """
+
+    source: Path
+    attached: list[str]
+    absent: dict[str, str]
+    cflags: list[str]
+    details: dict[str, Any] = dataclass_field(default_factory=dict)
+    attach: Callable[[Any], None] | None = None
+    is_witness: Callable[[str], bool] = lambda name: False
+    finish: Callable[["_Session", Observation, dict[str, Any]], None] | None = None
+
+
+def tracepoint_flags(tracepoints: list[str], caps: dict[str, Any], headers_path: str | None) -> list[str]:
+    """-DHOOK_<event> and the format flags for these tracepoints (also kprobe.py's witness)."""
+    flags = [*(f"-DHOOK_{tp.split(':')[1]}=1" for tp in tracepoints), *format_flags(caps, tracepoints)]
+    if _needs_rst_reason_stub(caps, headers_path):
+        flags.append("-DNEED_SK_RST_REASON_STUB=1")
+    return flags
+
+
 class _Session:
     """One attachment: programs loaded and attached, consumer running, bpf_stats on."""
 
-    def __init__(self, backend: "TracepointBackend", topology: Topology, params: dict[str, Any]):
+    def __init__(self, backend: Any, topology: Topology, params: dict[str, Any]):
+        self.backend = backend
         self.topology = topology
         self.empty = backend.empty
         self.mode = "empty" if backend.empty else params["mode"]
         self.params = params
         self.closed = False
         self.consumer: _PythonConsumer | _CConsumer | None = None
+        self.witnesses: dict[str, int] = {}
         self.exit = contextlib.ExitStack()
         try:
             self._attach()
@@ -292,12 +349,10 @@ class _Session:
             raise
 
     def _attach(self) -> None:
-        caps = probe_tracepoints()
-        selected = [HOOKS[name] for name in parse_hooks(self.params["hooks"])]
-        self.attached = [tp for tp in selected if caps[f"tracepoint:{tp}"].available]
-        self.absent = {tp: caps[f"tracepoint:{tp}"].reason for tp in selected if tp not in self.attached}
-        if not self.attached:
-            raise BackendError(f"none of the selected tracepoints exists here: {self.absent}")
+        # The backend names its BPF source, its hooks and their flags (tracepoints here; kprobes or
+        # fentry in kprobe.py); everything else (modes, transports, consumers, bpf_stats) is shared.
+        self.program = self.backend.program(self.params)
+        self.attached, self.absent = self.program.attached, self.program.absent
         self.transport = self.consumer_kind = None
         if self.mode == "stream":
             choice = self.params["transport"]
@@ -310,15 +365,11 @@ class _Session:
             if consumer == "c" and choice != "ringbuf":
                 raise BackendError("consumer=c reads a BPF ring buffer: use transport=ringbuf (or consumer=python)")
             self.consumer_kind = consumer
-        headers = find_headers()
         cflags = [
             f"-DCLIENT_ADDR={_native_u32(self.topology.client.address)}U",
             f"-DSERVER_ADDR={_native_u32(self.topology.server.address)}U",
-            *(f"-DHOOK_{tp.split(':')[1]}=1" for tp in self.attached),
-            *format_flags(caps, self.attached),
+            *self.program.cflags,
         ]
-        if _needs_rst_reason_stub(caps, headers.path):
-            cflags.append("-DNEED_SK_RST_REASON_STUB=1")
         if self.empty:
             cflags.append("-DEMPTY=1")
         elif self.mode == "aggregate":
@@ -333,12 +384,18 @@ class _Session:
         self.cflags = cflags
         # bpf_stats costs two clock reads per program run: on only while we measure, then restored
         self.exit.enter_context(sysctl_set("kernel.bpf_stats_enabled", "1"))
-        self.bpf = _compile(SOURCE.read_bytes(), cflags)
+        self.bpf = _compile(bpf_source(self.program.source), cflags)
         self.exit.callback(self.bpf.cleanup)
-        self.programs = {name.decode(): fn.fd for name, fn in self.bpf.funcs.items()}
+        if self.program.attach is not None:  # explicit attachments (kprobes); tracepoints auto-attach
+            self.program.attach(self.bpf)
+        functions = {name.decode(): fn.fd for name, fn in self.bpf.funcs.items()}
+        # witness programs (kprobe.py's struct-read check) are accounted apart from the observer's cost
+        self.witnesses = {n: fd for n, fd in functions.items() if self.program.is_witness(n)}
+        self.programs = {n: fd for n, fd in functions.items() if n not in self.witnesses}
         if self.transport is not None:
             self._open_buffer()
-        self.stats_before = {name: _read_prog_stats(fd) for name, fd in self.programs.items()}
+        self.stats_before = {name: _read_prog_stats(fd) for name, fd in (*self.programs.items(),
+                                                                          *self.witnesses.items())}
 
     def _open_buffer(self) -> None:
         self.perf_pages_per_cpu = _pow2_at_least(max(1, self.buffer_bytes // 4096 // (os.cpu_count() or 1)))
@@ -351,7 +408,8 @@ class _Session:
         consumed = self.consumer.stop() if self.consumer is not None else None
         self.consumer = None
         staged = self._collect_staged(consumed) if consumed is not None and self.batch > 1 else 0
-        stats_after = {name: _read_prog_stats(fd) for name, fd in self.programs.items()}
+        stats_after = {name: _read_prog_stats(fd) for name, fd in (*self.programs.items(),
+                                                                   *self.witnesses.items())}
         observation = Observation()
         filtered = self._percpu_sums("filtered", len(EVENT_KINDS))
         attribution = None
@@ -363,13 +421,7 @@ class _Session:
             # a full ring (reserve failed) or perf buffer (submit failed; the same drops reach
             # the lost callback as PERF_RECORD_LOST, so take the larger, never the sum)
             lost_output = max(self._percpu_sums("lost", 1)[0], consumed["lost_callback"])
-        programs = {}
-        for name, fd in self.programs.items():
-            runs = stats_after[name]["run_cnt"] - self.stats_before[name]["run_cnt"]
-            ns = stats_after[name]["run_time_ns"] - self.stats_before[name]["run_time_ns"]
-            misses = stats_after[name]["recursion_misses"] - self.stats_before[name]["recursion_misses"]
-            programs[name] = {"run_cnt": runs, "run_time_ns": ns, "recursion_misses": misses,
-                              "ns_per_run": round(ns / runs, 1) if runs else None}
+        programs = {name: self._program_stats(name, stats_after) for name in self.programs}
         total_runs = sum(p["run_cnt"] for p in programs.values())
         total_ns = sum(p["run_time_ns"] for p in programs.values())
         # trace_call_bpf() runs no tracepoint program while another BPF program is active on the
@@ -392,6 +444,10 @@ class _Session:
                 "ns_per_event": round(total_ns / total_runs, 1) if total_runs else None,
             },
         }
+        observation.details.update(self.program.details)
+        if self.program.finish is not None:  # e.g. the kprobe backend's struct-read check
+            witness_stats = {name: self._program_stats(name, stats_after) for name in self.witnesses}
+            self.program.finish(self, observation, witness_stats)
         if self.mode == "stream":
             observation.details.update(
                 {
@@ -410,6 +466,14 @@ class _Session:
             )
         self.close()
         return observation
+
+    def _program_stats(self, name: str, stats_after: dict[str, dict[str, int]]) -> dict[str, Any]:
+        before, after = self.stats_before[name], stats_after[name]
+        runs = after["run_cnt"] - before["run_cnt"]
+        ns = after["run_time_ns"] - before["run_time_ns"]
+        return {"run_cnt": runs, "run_time_ns": ns,
+                "recursion_misses": after["recursion_misses"] - before["recursion_misses"],
+                "ns_per_run": round(ns / runs, 1) if runs else None}
 
     def _collect_staged(self, consumed: dict[str, Any]) -> int:
         """Events still staged in each CPU's partial batch: read from the map, counted like the rest."""
@@ -525,6 +589,15 @@ class TracepointBackend:
     def check_params(self, params: dict[str, Any]) -> None:
         if params.get("consumer") == "c" and params.get("transport") == "perf":
             raise UsageError("tracepoint: consumer=c reads a BPF ring buffer; it cannot be used with transport=perf")
+
+    def program(self, params: dict[str, Any]) -> Program:
+        caps = probe_tracepoints()
+        selected = [HOOKS[name] for name in parse_hooks(params["hooks"])]
+        attached = [tp for tp in selected if caps[f"tracepoint:{tp}"].available]
+        absent = {tp: caps[f"tracepoint:{tp}"].reason for tp in selected if tp not in attached}
+        if not attached:
+            raise BackendError(f"none of the selected tracepoints exists here: {absent}")
+        return Program(SOURCE, attached, absent, tracepoint_flags(attached, caps, find_headers().path))
 
     def attach(self, topology: Topology, params: dict[str, Any]) -> _Session:
         return _Session(self, topology, params)

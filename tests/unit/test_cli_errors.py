@@ -37,6 +37,16 @@ BAD_INPUT = [
     (["run", "-w", "loss", "-p", "offloads=sometimes"], "takes a boolean"),
     (["run", "-w", "stream", "-p", "every=10"], "unknown parameter 'every'"),
     (["run", "-w", "rr", "-p", "loss.every=10"], "names 'loss', which is not selected"),
+    # tpbench vm: the kernel image and the arguments are checked before anything boots
+    (["vm", "--kernel", "/nonexistent", "--", "run", "-b", "kprobe"], "kernel image /nonexistent does not exist"),
+    (["vm", "--kernel", "/etc/hostname", "--", "run", "-b", "kprobe"], "is not an x86 Linux kernel image"),
+    (["vm", "--kernel", "/etc", "--", "run"], "is a directory, not a kernel image"),
+    (["vm", "--kernel", "/nonexistent", "--", "list"], "runs 'tpbench run ...' in the VM"),
+    (["vm", "--kernel", "/nonexistent", "--", "run", "-o", "/tmp/x"], "give -o/--out to 'tpbench vm'"),
+    (["vm", "--", "run"], "the following arguments are required: --kernel"),
+    (["vm", "--kernel", "/nonexistent", "--cpus", "0", "--", "run"], "must be >= 1, not 0"),
+    (["run", "-b", "kprobe", "-p", "kprobe.hooks=state+nosuch"], "unknown hook nosuch"),
+    (["run", "-b", "fentry", "-p", "check=maybe"], "takes a boolean"),
 ]
 
 

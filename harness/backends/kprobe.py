@@ -1,0 +1,358 @@
+"""`kprobe` and `fentry` backends: eBPF via bcc on the kernel functions behind the seed's events.
+
+Uses kprobes (any kernel with CONFIG_KPROBES) or, as `fentry`, BPF trampolines (5.5+, BTF and
+BPF_PROG_TYPE_TRACING allowed) on:
+  state          tcp_set_state(sk, state): the pre-4.16 tcplife way (new state is the argument,
+                 old state read from the socket). Alone it misses what tcp_set_state never sets:
+  state_other    inet_sk_set_state(sk, state): a passive child's SYN_RECV, a failed listen's CLOSE
+  listen         inet_csk_listen_start(sk): CLOSE->LISTEN
+  retransmit     __tcp_retransmit_skb (where the tracepoint sits; tail-loss probes call it
+                 directly), else tcp_retransmit_skb
+  synack         tcp_rtx_synack          send_reset    tcp_v4_send_reset (socketless RSTs too)
+  active_reset   tcp_send_active_reset   receive_reset tcp_reset
+  destroy        tcp_v4_destroy_sock     probe         tcp_rcv_established (the tcp_probe site)
+Functions are not an ABI: each is resolved against /proc/kallsyms on the running kernel (present,
+absent = inlined or renamed, or only as a .isra/.constprop/.part clone, which is never probed) and
+the record says per hook what was attached to what.
+
+The BPF C is kprobe.bpf.c; the event record, maps, modes (stream/aggregate), transports, consumers,
+per-CPU batching, bpf_stats accounting and the topology address filter are the tracepoint backend's
+(tcp_events.bpf.h and tracepoint.py's session), so both are measured through the same code.
+
+Struct reads are checked, not trusted (`-p check=true`, the default): the tracepoints for the same
+events are attached as witnesses, and every event the kprobe reports is compared field by field
+with what the tracepoint reports for it (same socket, same CPU, same instant). Mismatches are
+fidelity errors in the observation (details.fidelity.errors). The witnesses' own cost is reported
+apart (details.fidelity.witness_bpf_stats) and kept out of bpf_stats/ns_per_event; it does slow the
+workload, so measure throughput with check=false.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..headers import find_headers
+from ..kernel import KernelProbe, _btf_func_id, probe_tracepoints, resolve_functions
+from ..params import Param
+from .base import EVENT_KINDS, Availability, Observation
+from .tracepoint import BackendError, Program, TracepointBackend, _Session, tracepoint_flags
+
+SOURCE = Path(__file__).with_name("kprobe.bpf.c")
+
+
+@dataclass(frozen=True)
+class Hook:
+    kind: str
+    candidates: tuple[str, ...]  # first present one wins
+    tracepoint: str  # the stable tracepoint reporting the same events (the witness)
+    # why the tracepoint may legitimately not fire for an event the function sees (6.1 code)
+    tracepoint_conditional: str | None = None
+
+
+HOOKS = {
+    "state": Hook("state_change", ("tcp_set_state",), "sock:inet_sock_set_state"),
+    "state_other": Hook("state_change", ("inet_sk_set_state",), "sock:inet_sock_set_state"),
+    "listen": Hook("state_change", ("inet_csk_listen_start",), "sock:inet_sock_set_state"),
+    "retransmit": Hook("retransmit", ("__tcp_retransmit_skb", "tcp_retransmit_skb"), "tcp:tcp_retransmit_skb",
+                       "before 6.x the tracepoint fires only for a retransmission that left (err == 0)"),
+    "synack": Hook("synack_retransmit", ("tcp_rtx_synack",), "tcp:tcp_retransmit_synack",
+                   "the tracepoint fires only when the SYN-ACK was sent"),
+    "send_reset": Hook("reset_sent", ("tcp_v4_send_reset",), "tcp:tcp_send_reset",
+                       "before 6.10 the tracepoint fires only for a full socket (not TIME_WAIT/request, "
+                       "not socketless)"),
+    "active_reset": Hook("reset_sent", ("tcp_send_active_reset",), "tcp:tcp_send_reset"),
+    "receive_reset": Hook("reset_received", ("tcp_reset",), "tcp:tcp_receive_reset"),
+    "destroy": Hook("sock_destroy", ("tcp_v4_destroy_sock",), "tcp:tcp_destroy_sock"),
+    "probe": Hook("probe", ("tcp_rcv_established",), "tcp:tcp_probe"),
+}
+ALL_FUNCTIONS = tuple(dict.fromkeys(f for hook in HOOKS.values() for f in hook.candidates))
+# kprobe.bpf.c's check slots per kind: matched, tracepoint unpaired, kprobe unpaired, then fields
+FIELD_NAMES = ("oldstate", "newstate", "saddr", "daddr", "sport", "dport", "family", "snd_cwnd")
+CHECK_SLOTS = 3 + len(FIELD_NAMES)
+_READING = struct.Struct("<IIHHHBBI")  # struct reading: saddr daddr sport dport family old new extra
+_PENDING_KEY = struct.Struct("<QII")
+
+
+def parse_hooks(text: str) -> tuple[str, ...]:
+    if text == "all":
+        return tuple(HOOKS)
+    names = tuple(dict.fromkeys(text.split("+")))
+    unknown = [n for n in names if n not in HOOKS]
+    if unknown or not names:
+        raise ValueError(f"unknown hook {', '.join(unknown) if unknown else repr(text)}")
+    return names
+
+
+def _check_hooks(text: str) -> str | None:
+    try:
+        parse_hooks(text)
+    except ValueError as exc:
+        return f"{exc}; valid: all, or names joined by '+': {'+'.join(HOOKS)}"
+    return None
+
+
+def resolve_hooks(names: tuple[str, ...], kallsyms: str | None = None,
+                  has_btf: Any = None) -> tuple[dict[str, str], dict[str, str]]:
+    """hook -> symbol to attach to, and hook -> why none could be (per candidate).
+
+    has_btf: for fentry, a predicate on a function name (a trampoline needs the function in BTF).
+    """
+    functions = resolve_functions(ALL_FUNCTIONS, kallsyms)
+    chosen, absent = {}, {}
+    for name in names:
+        reasons = []
+        for candidate in HOOKS[name].candidates:
+            found = functions[candidate]
+            if found.status != "present":
+                reasons.append(found.reason)
+            elif has_btf is not None and not has_btf(candidate):
+                reasons.append(f"{candidate} is not in vmlinux BTF: no trampoline can attach")
+            else:
+                chosen[name] = candidate
+                break
+        if name not in chosen:
+            absent[name] = "; ".join(reasons)
+    return chosen, absent
+
+
+def summarize_check(counts: list[int], unclaimed: dict[str, int], attached_kinds: set[str],
+                    conditional: dict[str, str], first_mismatch: dict[str, Any] | None) -> dict[str, Any]:
+    """The witness's counters -> per-kind results and the fidelity errors they prove.
+
+    counts: kprobe.bpf.c's check_counts, NKINDS x CHECK_SLOTS. unclaimed: kprobe readings of this
+    topology still waiting at detach (no tracepoint came for them), per kind.
+    """
+    per_kind: dict[str, Any] = {}
+    errors: list[str] = []
+    notes: list[str] = []
+    for index, kind in enumerate(EVENT_KINDS):
+        if kind not in attached_kinds:
+            continue
+        row = counts[index * CHECK_SLOTS:(index + 1) * CHECK_SLOTS]
+        fields = {name: n for name, n in zip(FIELD_NAMES, row[3:]) if n}
+        entry = {"matched": row[0], "tracepoint_only": row[1], "kprobe_only": row[2] + unclaimed.get(kind, 0),
+                 "fields_differing": fields}
+        per_kind[kind] = entry
+        compared = entry["matched"] + (max(fields.values()) if fields else 0)
+        for name, n in fields.items():
+            errors.append(f"{kind}: {name} read from the struct differs from the tracepoint's in {n} of "
+                          f"{compared} events")
+        if entry["tracepoint_only"]:
+            errors.append(f"{kind}: the tracepoint saw {entry['tracepoint_only']} events no probed function "
+                          "reported (a code path the functions miss)")
+        if entry["kprobe_only"]:
+            text = f"{kind}: {entry['kprobe_only']} events reported by a function with no tracepoint event"
+            if kind in conditional:
+                notes.append(f"{text} (expected: {conditional[kind]})")
+            else:
+                errors.append(text)
+    result = {"checked": True, "per_kind": per_kind, "errors": errors, "notes": notes}
+    if first_mismatch:
+        result["first_mismatch"] = first_mismatch
+    return result
+
+
+def _unclaimed(bpf: Any, addresses: tuple[str, str]) -> dict[str, int]:
+    """kprobe readings of this topology's sockets that no tracepoint claimed, per kind."""
+    unclaimed: dict[str, int] = {}
+    for key, value in bpf["pending"].items():
+        _sk, kind, _cpu = _PENDING_KEY.unpack(bytes(key))
+        reading = _reading(bytes(value))
+        if reading["family"] == socket.AF_INET and {reading["saddr"], reading["daddr"]} & set(addresses):
+            unclaimed[EVENT_KINDS[kind]] = unclaimed.get(EVENT_KINDS[kind], 0) + 1
+    return unclaimed
+
+
+def _reading(raw: bytes) -> dict[str, Any]:
+    saddr, daddr, sport, dport, family, old, new, extra = _READING.unpack_from(raw)
+    return {"saddr": socket.inet_ntoa(struct.pack("=I", saddr)), "daddr": socket.inet_ntoa(struct.pack("=I", daddr)),
+            "sport": sport, "dport": dport, "family": family, "oldstate": old, "newstate": new, "extra": extra}
+
+
+class KprobeBackend:
+    def __init__(self, fentry: bool = False):
+        self.fentry = fentry
+        self.name = "fentry" if fentry else "kprobe"
+        self.empty = False
+        self.hooks = ALL_FUNCTIONS
+        self.description = ("eBPF (bcc) on BPF trampolines (fentry) at the TCP functions behind the seed events"
+                            if fentry else
+                            "eBPF (bcc) kprobes on tcp_set_state and the TCP functions behind the seed events")
+        base = {p.name: p for p in TracepointBackend().params}
+        base["hooks"] = Param("hooks", str, "all", "functions to probe: all, or short names joined by '+' "
+                              f"({'+'.join(HOOKS)})", check=_check_hooks)
+        self.params = (
+            *base.values(),
+            Param("check", bool, True, "compare every struct read with the tracepoint for the same event "
+                  "(witness programs, accounted apart); false to measure throughput alone"),
+        )
+
+    # -- what the kernel allows ---------------------------------------------------------------
+    def availability(self, probe: KernelProbe) -> Availability:
+        if not probe.available("bcc"):
+            return Availability(False, probe["bcc"].reason)
+        if not probe.available("headers"):
+            return Availability(False, f"no kernel headers for bcc: {probe['headers'].reason}")
+        facility = "fentry" if self.fentry else "kprobes"
+        if not probe.available(facility):
+            return Availability(False, probe[facility].reason, tuple(HOOKS))
+        missing, resolved = [], []
+        for name, hook in HOOKS.items():
+            present = [f for f in hook.candidates if probe.available(f"function:{f}")]
+            (resolved if present else missing).append(name if present else
+                                                      f"{name}: {probe[f'function:{hook.candidates[0]}'].reason}"
+                                                      if f"function:{hook.candidates[0]}" in probe.capabilities
+                                                      else name)
+        if not resolved:
+            return Availability(False, "none of the probed TCP functions is in /proc/kallsyms", tuple(missing))
+        headers = probe["headers"].data.get("kind")
+        note = (" (fallback headers: struct reads are checked against the tracepoints)"
+                if headers == "fallback" else "")
+        absent = f"; absent here: {', '.join(missing)}" if missing else ""
+        return Availability(True, f"{len(resolved)} of {len(HOOKS)} hooks resolved in /proc/kallsyms{note}{absent}",
+                            tuple(missing))
+
+    def check_params(self, params: dict[str, Any]) -> None:
+        if params.get("consumer") == "c" and params.get("transport") == "perf":
+            raise UsageError(f"{self.name}: consumer=c reads a BPF ring buffer; it cannot be used with transport=perf")
+
+    # -- the program the shared session loads -------------------------------------------------
+    def program(self, params: dict[str, Any]) -> Program:
+        selected = parse_hooks(params["hooks"])
+        chosen, absent = resolve_hooks(selected, has_btf=(lambda f: _btf_func_id(f) is not None)
+                                       if self.fentry else None)
+        if not chosen:
+            raise BackendError(f"none of the selected functions can be probed here: {absent}")
+        headers = find_headers()
+        cflags = []
+        for name, symbol in chosen.items():
+            cflags += [f"-DKHOOK_{name}=1", f"-DFN_{name}={symbol}"]
+        if self.fentry:
+            cflags.append("-DFENTRY=1")
+        details: dict[str, Any] = {
+            "flavour": self.name,
+            "functions": dict(chosen),
+            "headers": {"kind": headers.kind, "package_version": headers.package_version},
+        }
+        witnesses: list[str] = []
+        if params["check"]:
+            caps = probe_tracepoints()
+            witnesses = list(dict.fromkeys(HOOKS[n].tracepoint for n in chosen
+                                           if caps[f"tracepoint:{HOOKS[n].tracepoint}"].available))
+            if witnesses:
+                cflags += ["-DCHECK=1", *tracepoint_flags(witnesses, caps, headers.path)]
+            details["witness_tracepoints"] = witnesses
+        attached_kinds = {HOOKS[n].kind for n in chosen}
+        checked_kinds = {HOOKS[n].kind for n in chosen if HOOKS[n].tracepoint in witnesses}
+        conditional = {HOOKS[n].kind: HOOKS[n].tracepoint_conditional for n in chosen
+                       if HOOKS[n].tracepoint_conditional}
+
+        def attach(bpf: Any) -> None:
+            if self.fentry:
+                return  # bcc attached every kfunc__<function> program when it loaded them
+            for name, symbol in chosen.items():
+                try:
+                    bpf.attach_kprobe(event=symbol, fn_name=f"probe_{name}")
+                except Exception as exc:
+                    raise BackendError(f"kprobe on {symbol} (hook {name}) failed: {exc}") from None
+
+        def finish(session: _Session, observation: Observation, witness_stats: dict[str, Any]) -> None:
+            bpf = session.bpf
+            if not witnesses:
+                observation.details["fidelity"] = {
+                    "checked": False,
+                    "reason": "check=false" if not params["check"] else "no witness tracepoint on this kernel",
+                }
+                return
+            table = bpf["check_counts"]
+            counts = [int(table.sum(table.Key(i)).value) for i in range(len(EVENT_KINDS) * CHECK_SLOTS)]
+            unclaimed = _unclaimed(bpf, (session.topology.client.address, session.topology.server.address))
+            raw = bytes(bpf["first_mismatch"][bpf["first_mismatch"].Key(0)])
+            kind, fields = struct.unpack_from("<II", raw)
+            first = None
+            if fields:
+                first = {"kind": EVENT_KINDS[kind],
+                         "fields": [n for i, n in enumerate(FIELD_NAMES) if fields & (1 << i)],
+                         "kprobe": _reading(raw[8:8 + _READING.size]),
+                         "tracepoint": _reading(raw[8 + _READING.size:8 + 2 * _READING.size])}
+            fidelity = summarize_check(counts, unclaimed, checked_kinds, conditional, first)
+            fidelity["unchecked_kinds"] = sorted(attached_kinds - checked_kinds)
+            runs = sum(p["run_cnt"] for p in witness_stats.values())
+            ns = sum(p["run_time_ns"] for p in witness_stats.values())
+            fidelity["witness_bpf_stats"] = {"programs": witness_stats, "run_cnt": runs, "run_time_ns": ns}
+            observation.details["fidelity"] = fidelity
+
+        return Program(
+            source=SOURCE,
+            attached=[f"{'fentry' if self.fentry else 'kprobe'}:{symbol}" for symbol in chosen.values()],
+            absent={name: reason for name, reason in absent.items()},
+            cflags=cflags,
+            details=details,
+            attach=attach,
+            is_witness=lambda name: name.startswith("tracepoint__"),
+            finish=finish,
+        )
+
+    def attach(self, topology: Any, params: dict[str, Any]) -> _Session:
+        return _Session(self, topology, params)
+
+
+def cross_check(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """kprobe/fentry cells against the tracepoint cell of the same workload in one run record.
+
+    Each trial is fresh traffic, so only a deterministic workload (churn) must give equal counts;
+    the witness (details.fidelity) is the per-event check on the same traffic. Compared per side:
+    state transitions, and the events of every kind both backends attached for. Also the in-kernel
+    cost per event from bpf_stats, and their ratio (the kernel's own bench: tracepoints ~1.4x faster).
+    """
+    results = []
+    cells = [c for c in record.get("cells", []) if c.get("available")]
+    for probe_cell in (c for c in cells if c["backend"] in ("kprobe", "fentry")):
+        for tp_cell in (c for c in cells if c["backend"] == "tracepoint" and c["workload"] == probe_cell["workload"]):
+            pairs = [(a, b) for a in probe_cell["trials"] for b in tp_cell["trials"]
+                     if a.get("index") == b.get("index") and a["status"] == b["status"] == "ok"]
+            differences: list[str] = []
+            for probe_trial, tp_trial in pairs:
+                kinds = {HOOKS[h].kind for h in probe_trial["observed"]["details"].get("functions", {})}
+                tp_kinds = {k for tp, k in _TRACEPOINT_KINDS.items()
+                            if tp in tp_trial["observed"]["details"].get("hooks_attached", [])}
+                for side in ("client", "server", "other"):
+                    mine = probe_trial["observed"]["sides"].get(side, {"events": {}, "transitions": {}})
+                    theirs = tp_trial["observed"]["sides"].get(side, {"events": {}, "transitions": {}})
+                    if "state_change" in kinds & tp_kinds:
+                        for name in sorted(set(mine["transitions"]) | set(theirs["transitions"])):
+                            a, b = mine["transitions"].get(name, 0), theirs["transitions"].get(name, 0)
+                            if a != b:
+                                differences.append(f"trial {probe_trial['index']} {side} {name}: "
+                                                   f"{probe_cell['backend']} {a}, tracepoint {b}")
+                    for kind in sorted(kinds & tp_kinds):
+                        a, b = mine["events"].get(kind, 0), theirs["events"].get(kind, 0)
+                        if a != b:
+                            differences.append(f"trial {probe_trial['index']} {side} {kind}: "
+                                               f"{probe_cell['backend']} {a}, tracepoint {b}")
+            cost = {}
+            for cell in (probe_cell, tp_cell):
+                runs = sum(t["observed"]["details"]["bpf_stats"]["run_time_ns"] for t in cell["trials"] if t["status"] == "ok")
+                count = sum(t["observed"]["details"]["bpf_stats"]["run_cnt"] for t in cell["trials"] if t["status"] == "ok")
+                cost[cell["backend"]] = round(runs / count, 1) if count else None
+            ratio = (round(cost[probe_cell["backend"]] / cost["tracepoint"], 2)
+                     if cost.get("tracepoint") and cost.get(probe_cell["backend"]) else None)
+            results.append({
+                "workload": probe_cell["workload"],
+                "backends": [probe_cell["backend"], "tracepoint"],
+                "trials_compared": len(pairs),
+                "counts_equal": bool(pairs) and not differences,
+                "differences": differences,
+                "ns_per_event": cost,
+                "ns_per_event_ratio": ratio,
+            })
+    return results
+
+
+# tracepoint -> the event kind it reports (the tracepoint backend's hooks_attached names these)
+_TRACEPOINT_KINDS = {hook.tracepoint: hook.kind for hook in HOOKS.values()}

@@ -1,0 +1,92 @@
+"""tpbench vm for real: the kprobe backend on a kernel that has kprobes (Debian's 6.1), in a
+virtme-ng VM on this machine, against the tracepoint backend on the same kernel and the
+workload's declaration. Emulated here (KVM guests hang): ~45 s boot, ~2.5 min per bcc compile,
+so one VM, one trial per backend, aggregate mode (the counts are the point, not the cost)."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tpbench
+
+pytestmark = [pytest.mark.root, pytest.mark.vm]
+
+KERNELS = sorted(Path("/boot").glob("vmlinuz-6.1.*-amd64"))
+needs_kernel = pytest.mark.skipif(not KERNELS, reason="no /boot/vmlinuz-6.1.*-amd64 (make setup installs "
+                                  "linux-image-amd64)")
+
+
+def _our_qemus() -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in ps if line.startswith("/usr/bin/qemu-system") and "tpbench-" in line]
+
+
+@needs_kernel
+def test_kprobe_in_a_vm_sees_exactly_the_transitions_the_tracepoint_sees_on_churn(tmp_path):
+    connections = 200
+    result = tpbench("vm", "--kernel", str(KERNELS[-1]), "--timeout", "780", "-o", str(tmp_path), "--",
+                     "run", "-b", "kprobe,tracepoint", "-w", "churn",
+                     "-p", f"connections={connections},mode=aggregate", "--json", timeout=840)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    release = KERNELS[-1].name.removeprefix("vmlinuz-")
+    assert summary["kernel"] == summary["vm"]["release"] == release  # the guest's own uname
+    assert isinstance(summary["vm"]["emulated"], bool)
+    record = json.loads(Path(summary["run_json"]).read_text())
+    assert record["vm"]["release"] == release and Path(summary["run_json"]).parent.name.endswith(f"-vm-{release}")
+    if record["vm"]["emulated"]:
+        assert "emulated" in record["vm"]["timings"]
+    cells = {cell["backend"]: cell for cell in summary["cells"]}
+    trials = {}
+    for backend in ("kprobe", "tracepoint"):
+        [trial] = cells[backend]["trials"]
+        assert trial["status"] == "ok", trial.get("traceback")
+        assert trial["emulated"] == record["vm"]["emulated"]
+        trials[backend] = trial
+    shortfall = {}
+    for backend, trial in trials.items():
+        observed, expected = trial["observed"], trial["ground_truth"]["expected"]
+        assert trial["ground_truth"]["generator"]["connections"] == connections
+        assert observed["lost"] == 0
+        # 6.1 does not count the events trace_call_bpf skips while another BPF program runs on the
+        # CPU (bpf_prog_active; counted from 6.7): a softirq arriving during a program run loses
+        # its events silently, for every kprobe and tracepoint program alike. Under emulation a
+        # run takes ~10-20 us, so this happened in 1 of 2 measured trials (3 events of one socket).
+        # So: never more than declared, and any shortfall tiny.
+        missing = 0
+        for side in ("client", "server"):
+            seen = observed["sides"][side]["transitions"]
+            assert set(seen) == set(expected[side]["transitions"]), (backend, side)
+            for name, count in expected[side]["transitions"].items():
+                assert seen[name] <= count, (backend, side, name)
+                missing += count - seen[name]
+        shortfall[backend] = missing
+        assert missing <= 0.005 * 10 * connections, (backend, missing)
+        assert observed["details"]["bpf_stats"]["ns_per_event"] > 0
+    # The kprobe's reads agree with the tracepoints' on the same events of the same traffic: every
+    # state change the tracepoint saw in the kprobe's trial, the kprobe saw, field for field.
+    fidelity = trials["kprobe"]["observed"]["details"]["fidelity"]
+    assert fidelity["checked"] and fidelity["errors"] == [], fidelity
+    states = fidelity["per_kind"]["state_change"]
+    assert states["matched"] == trials["kprobe"]["observed"]["events"]["state_change"]
+    assert states["tracepoint_only"] == states["kprobe_only"] == 0 and not states["fields_differing"]
+    assert fidelity["per_kind"]["sock_destroy"]["matched"] == trials["kprobe"]["observed"]["events"]["sock_destroy"]
+    # Across the two trials (separate traffic), counts are equal unless a silent drop hit one
+    [check] = summary["cross_check"]
+    assert check["ns_per_event_ratio"] is not None
+    if not check["counts_equal"]:
+        assert sum(shortfall.values()) > 0, check["differences"]
+    assert trials["kprobe"]["observed"]["details"]["functions"]["state"] == "tcp_set_state"
+    assert not _our_qemus()
+
+
+@needs_kernel
+def test_a_vm_that_does_not_finish_in_time_is_killed_with_one_line_and_exit_2(tmp_path):
+    result = tpbench("vm", "--kernel", str(KERNELS[-1]), "--kvm", "off", "--timeout", "5", "-o", str(tmp_path),
+                     "--", "run", "-b", "none", "-w", "churn", timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("tpbench:")]
+    assert lines == ["tpbench: error: the VM did not finish within --timeout 5 s (qemu killed; never booted)"]
+    assert not _our_qemus()

@@ -1,0 +1,130 @@
+"""The kprobe backend's pure parts: resolving functions against kallsyms, the struct-read check's
+verdicts, and comparing a kprobe cell with a tracepoint cell."""
+
+from pathlib import Path
+
+import pytest
+
+from harness.backends.base import EVENT_KINDS
+from harness.backends.kprobe import CHECK_SLOTS, FIELD_NAMES, HOOKS, cross_check, resolve_hooks, summarize_check
+from harness.backends.tracepoint import bpf_source
+from harness.kernel import resolve_functions
+
+# lines as /proc/kallsyms prints them on Debian's 6.1 (measured in the VM), plus invented cases
+KALLSYMS = """\
+ffffffff95089640 T tcp_set_state
+ffffffff950ca910 T inet_sk_set_state
+ffffffff95084ad0 T inet_csk_listen_start
+ffffffff950a3330 t __tcp_retransmit_skb.part.0
+ffffffff950a3bd0 T __tcp_retransmit_skb
+ffffffff950a3e30 T tcp_retransmit_skb
+ffffffff9509e6e0 t tcp_rtx_synack.isra.0
+ffffffff950aa5c0 t tcp_v4_send_reset
+ffffffff950a4950 T tcp_send_active_reset
+ffffffff9509a060 T tcp_reset
+ffffffff9509a060 d tcp_v4_destroy_sock
+ffffffff9509bb60 T tcp_rcv_established_helper
+"""
+
+
+def test_kallsyms_resolution_tells_present_clone_and_absent_apart():
+    found = resolve_functions(("tcp_set_state", "__tcp_retransmit_skb", "tcp_rtx_synack",
+                               "tcp_v4_destroy_sock", "tcp_rcv_established"), KALLSYMS)
+    assert found["tcp_set_state"].status == "present"
+    # a partial clone beside the real entry point: the entry is what a probe attaches to
+    assert found["__tcp_retransmit_skb"].status == "present"
+    assert found["__tcp_retransmit_skb"].clones == ("__tcp_retransmit_skb.part.0",)
+    # only an .isra clone: its arguments need not follow the C signature, never probed
+    assert found["tcp_rtx_synack"].status == "clone"
+    assert "tcp_rtx_synack.isra.0" in found["tcp_rtx_synack"].reason
+    # a data symbol of that name is not a function; a longer name is not the function
+    assert found["tcp_v4_destroy_sock"].status == "absent"
+    assert found["tcp_rcv_established"].status == "absent"
+    assert "inlined" in found["tcp_rcv_established"].reason
+
+
+def test_each_hook_takes_its_first_present_candidate_and_says_why_not_per_hook():
+    without_entry = KALLSYMS.replace("ffffffff950a3bd0 T __tcp_retransmit_skb\n", "")
+    chosen, absent = resolve_hooks(tuple(HOOKS), without_entry)
+    assert chosen["state"] == "tcp_set_state"
+    assert chosen["retransmit"] == "tcp_retransmit_skb"  # the fallback candidate
+    assert set(absent) == {"synack", "destroy", "probe"}
+    assert "clone" in absent["synack"] and "inlined" in absent["destroy"]
+
+
+def test_fentry_needs_the_function_in_btf():
+    chosen, absent = resolve_hooks(("state", "retransmit"), KALLSYMS, has_btf=lambda f: f != "tcp_set_state")
+    assert "state" in absent and "BTF" in absent["state"]
+    assert chosen == {"retransmit": "__tcp_retransmit_skb"}
+
+
+def _counts(**per_kind):
+    counts = [0] * (len(EVENT_KINDS) * CHECK_SLOTS)
+    for kind, slots in per_kind.items():
+        base = EVENT_KINDS.index(kind) * CHECK_SLOTS
+        for slot, n in slots.items():
+            index = {"matched": 0, "tracepoint_only": 1, "kprobe_only": 2}.get(slot)
+            counts[base + (index if index is not None else 3 + FIELD_NAMES.index(slot))] = n
+    return counts
+
+
+def test_agreeing_reads_make_no_fidelity_error():
+    result = summarize_check(_counts(state_change={"matched": 2002}), {}, {"state_change"}, {}, None)
+    assert result["errors"] == []
+    assert result["per_kind"]["state_change"]["matched"] == 2002
+
+
+def test_a_field_read_at_the_wrong_offset_is_a_fidelity_error():
+    result = summarize_check(_counts(state_change={"matched": 10, "sport": 1992}), {}, {"state_change"}, {}, None)
+    assert result["errors"] == ["state_change: sport read from the struct differs from the tracepoint's "
+                                "in 1992 of 2002 events"]
+
+
+def test_events_only_the_tracepoint_saw_are_an_error_and_conditional_kprobe_extras_a_note():
+    result = summarize_check(
+        _counts(state_change={"matched": 5, "tracepoint_only": 2}, reset_sent={"matched": 1}),
+        {"reset_sent": 3}, {"state_change", "reset_sent"},
+        {"reset_sent": "the tracepoint fires only for a full socket"}, None)
+    assert any("tracepoint saw 2 events" in e for e in result["errors"])
+    assert result["per_kind"]["reset_sent"]["kprobe_only"] == 3
+    assert any("expected: the tracepoint fires only for a full socket" in n for n in result["notes"])
+    assert not any("reset_sent" in e for e in result["errors"])
+
+
+def _cell(backend, transitions, ns, run_cnt, functions=None, hooks=()):
+    details = {"bpf_stats": {"run_time_ns": ns, "run_cnt": run_cnt}, "hooks_attached": list(hooks)}
+    if functions:
+        details["functions"] = functions
+    sides = {side: {"events": {"state_change": sum(t.values())}, "transitions": t}
+             for side, t in transitions.items()}
+    return {"workload": "churn", "backend": backend, "available": True,
+            "trials": [{"index": 0, "status": "ok", "observed": {"sides": sides, "details": details}}]}
+
+
+def test_cross_check_compares_per_side_transitions_and_cost():
+    same = {"client": {"CLOSE->SYN_SENT": 200}, "server": {"CLOSE->LISTEN": 1}}
+    kprobe = _cell("kprobe", same, 14000, 100, functions={"state": "tcp_set_state"})
+    tracepoint = _cell("tracepoint", same, 10000, 100, hooks=("sock:inet_sock_set_state",))
+    [check] = cross_check({"cells": [kprobe, tracepoint]})
+    assert check["counts_equal"] and check["differences"] == []
+    assert check["ns_per_event"] == {"kprobe": 140.0, "tracepoint": 100.0}
+    assert check["ns_per_event_ratio"] == 1.4
+    short = _cell("kprobe", {"client": {"CLOSE->SYN_SENT": 199}, "server": {"CLOSE->LISTEN": 1}}, 1, 1,
+                  functions={"state": "tcp_set_state"})
+    [check] = cross_check({"cells": [short, tracepoint]})
+    assert not check["counts_equal"]
+    assert "client CLOSE->SYN_SENT: kprobe 199, tracepoint 200" in check["differences"][0]
+
+
+def test_shared_bpf_code_is_pasted_into_the_program_bcc_compiles():
+    # bcc rewrites map calls only in its main file: an #include of the shared header would fail
+    source = bpf_source(Path("harness/backends/kprobe.bpf.c").resolve())
+    assert b'#include "' not in source
+    assert source.count(b"static __always_inline int handle(") == 1  # once, despite two includes
+    assert b"TRACEPOINT_PROBE(sock, inet_sock_set_state)" in source  # the witness
+
+
+@pytest.mark.parametrize("hook", sorted(HOOKS))
+def test_every_hook_has_a_program_in_the_bpf_source(hook):
+    text = Path("harness/backends/kprobe.bpf.c").read_text()
+    assert f"#ifdef KHOOK_{hook}\n" in text
