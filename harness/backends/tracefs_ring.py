@@ -150,6 +150,17 @@ def make_decoder(tracepoint: str, fields: list[dict[str, Any]]) -> Callable[[byt
     return decode
 
 
+def _side(saddr: int, daddr: int, client: int, server: int) -> str:
+    """Whose event: its local address, or, when tcp_disconnect() has cleared that (a destroy after
+    a SO_LINGER {1,0} close or a failed connect shows saddr 0.0.0.0), the opposite of its peer:
+    a topology has two hosts, so a socket whose peer is the server is the client's."""
+    if saddr == client or (saddr == 0 and daddr == server):
+        return "client"
+    if saddr == server or (saddr == 0 and daddr == client):
+        return "server"
+    return "other"
+
+
 class PageCounter:
     """Counts a trace_pipe_raw stream per (side, kind, old, new) and per (side, kind, pid), applying
     in user space the same predicate as the BPF backends' handle(): IPv4 to or from one of the
@@ -193,7 +204,7 @@ class PageCounter:
             if family != AF_INET or (saddr != client and saddr != server and daddr != client and daddr != server):
                 self.filtered[kind] += 1
                 continue
-            side = "client" if saddr == client else "server" if saddr == server else "other"
+            side = _side(saddr, daddr, client, server)
             counts[(side, kind, old, new)] += 1
             attribution[(side, kind, _I32.unpack_from(page, start + 4)[0])] += 1
         return len(found)

@@ -184,3 +184,15 @@ def test_kernel_filters_use_addresses_where_the_format_has_u8_4_fields():
                                       ("tpb x", False), ("..", False)])
 def test_instance_names_are_tpb_prefixed_plain_names(name, ok):
     assert (_check_instance(name) is None) == ok
+
+
+def test_a_cleared_local_address_is_attributed_by_its_peer():
+    from harness.backends.tracefs_ring import _side
+
+    client, server, elsewhere = 1, 2, 9
+    assert _side(client, server, client, server) == "client"
+    assert _side(server, client, client, server) == "server"
+    assert _side(0, server, client, server) == "client"  # destroy after tcp_disconnect()
+    assert _side(0, client, client, server) == "server"
+    assert _side(elsewhere, 0, client, server) == "other"
+    assert _side(elsewhere, server, client, server) == "other"  # a foreign local address is not cleared
