@@ -59,6 +59,32 @@ class Param:
         return f"{self.name}={self.default!r}: {self.help}{extra}"
 
 
+def parse_names(text: str, valid: Iterable[str], what: str = "hook") -> tuple[str, ...]:
+    """`all`, or names joined by '+' (a comma already separates parameters): each must be valid."""
+    valid = tuple(valid)
+    if text == "all":
+        return valid
+    names = tuple(dict.fromkeys(text.split("+")))
+    unknown = [n for n in names if n not in valid]
+    if unknown or not names:
+        raise ValueError(f"unknown {what} {', '.join(unknown) if unknown else repr(text)}")
+    return names
+
+
+def names_check(valid: Iterable[str], what: str = "hook") -> Callable[[str], str | None]:
+    """A Param check for parse_names: the error names every valid choice."""
+    valid = tuple(valid)
+
+    def check(text: str) -> str | None:
+        try:
+            parse_names(text, valid, what)
+        except ValueError as exc:
+            return f"{exc}; valid: all, or names joined by '+': {'+'.join(valid)}"
+        return None
+
+    return check
+
+
 def parse_assignments(items: Iterable[str]) -> dict[str, str]:
     """`-p a=1 -p b=2,c=3` -> {'a': '1', 'b': '2', 'c': '3'}; a repeated name is an error."""
     result: dict[str, str] = {}

@@ -38,7 +38,7 @@ from typing import Any
 from ..errors import UsageError
 from ..headers import find_headers
 from ..kernel import KernelProbe, _btf_func_id, probe_tracepoints, resolve_functions
-from ..params import Param
+from ..params import Param, names_check, parse_names
 from .base import EVENT_KINDS, Availability, Observation
 from .tracepoint import BackendError, Program, TracepointBackend, _Session, tracepoint_flags
 
@@ -79,21 +79,10 @@ _PENDING_KEY = struct.Struct("<QII")
 
 
 def parse_hooks(text: str) -> tuple[str, ...]:
-    if text == "all":
-        return tuple(HOOKS)
-    names = tuple(dict.fromkeys(text.split("+")))
-    unknown = [n for n in names if n not in HOOKS]
-    if unknown or not names:
-        raise ValueError(f"unknown hook {', '.join(unknown) if unknown else repr(text)}")
-    return names
+    return parse_names(text, HOOKS)
 
 
-def _check_hooks(text: str) -> str | None:
-    try:
-        parse_hooks(text)
-    except ValueError as exc:
-        return f"{exc}; valid: all, or names joined by '+': {'+'.join(HOOKS)}"
-    return None
+_check_hooks = names_check(HOOKS)
 
 
 def resolve_hooks(names: tuple[str, ...], kallsyms: str | None = None,

@@ -47,7 +47,7 @@ from netns import Topology
 from ..errors import UsageError
 from ..headers import CACHE_DIR, find_headers
 from ..kernel import KernelProbe, probe_ringbuf, probe_tracepoints
-from ..params import Param
+from ..params import Param, names_check, parse_names
 from ..system import sysctl_set
 from .base import EVENT_KINDS, SIDES, Availability, Observation
 
@@ -77,21 +77,10 @@ POLL_TIMEOUT_MS = 20
 
 
 def parse_hooks(text: str) -> tuple[str, ...]:
-    if text == "all":
-        return tuple(HOOKS)
-    names = tuple(dict.fromkeys(text.split("+")))
-    unknown = [n for n in names if n not in HOOKS]
-    if unknown or not names:
-        raise ValueError(f"unknown hook {', '.join(unknown) if unknown else repr(text)}")
-    return names
+    return parse_names(text, HOOKS)
 
 
-def _check_hooks(text: str) -> str | None:
-    try:
-        parse_hooks(text)
-    except ValueError as exc:
-        return f"{exc}; valid: all, or names joined by '+': {'+'.join(HOOKS)}"
-    return None
+_check_hooks = names_check(HOOKS)
 
 
 def _native_u32(address: str) -> int:
