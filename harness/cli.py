@@ -332,7 +332,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         if not any(found.values()) and not state:
             print("nothing of tpbench's found")
         return 0
-    with run_lock("cleanup"):  # never pull namespaces from under a live run
+    with run_lock("cleanup", wait_s=5.0):  # never pull namespaces from under a live run
         done = remove_leftovers(args.run) + restore_leftovers()
     for line in done:
         print(line)

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -31,19 +32,29 @@ def require_root(what: str) -> None:
 
 
 @contextlib.contextmanager
-def run_lock(run_id: str) -> Iterator[None]:
-    """One run at a time: two runs would share the CPUs they measure and the sysctls they set."""
+def run_lock(run_id: str, wait_s: float = 0.0) -> Iterator[None]:
+    """One run at a time: two runs would share the CPUs they measure and the sysctls they set.
+
+    wait_s: how long to wait for the lock. A killed run's short-lived forked children (a counter
+    read inside a namespace) hold its flock for a few milliseconds after it dies.
+    """
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     path = STATE_DIR / "lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            raise UsageError(
-                f"another tpbench run holds {path} (pid and run: {holder}); wait for it or stop it"
-            ) from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                raise UsageError(
+                    f"another tpbench run holds {path} (pid and run: {holder}); wait for it or stop it"
+                ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {run_id}\n".encode(), 0)
         yield

@@ -99,9 +99,11 @@ static __always_inline int handle(void *ctx, u8 kind, u16 family, u32 saddr, u32
     u32 side = family != AF_INET ? 2 : saddr == CLIENT_ADDR ? 0 : saddr == SERVER_ADDR ? 1 : 2;
     if (side == 2) {
         // The local address is not the pair's: another host's traffic, or one of ours whose
-        // address tcp_disconnect() has cleared (its destroy then shows saddr 0.0.0.0). The
-        // socket's identity decides; only these events pay for the lookup.
-        u8 *known = sk_key ? our_sockets.lookup(&sk_key) : 0;
+        // address tcp_disconnect() has cleared (its destroy then shows saddr 0.0.0.0). Only a
+        // cleared address consults the socket's identity: a socket whose destroy was missed
+        // leaves a stale entry, and the kernel reuses its memory for other sockets (seen: a
+        // loopback socket of the host counted as ours when every foreign event was looked up).
+        u8 *known = (sk_key && saddr == 0) ? our_sockets.lookup(&sk_key) : 0;
         if (known) {
             side = *known;
         } else if (family == AF_INET && saddr == 0 && daddr == SERVER_ADDR) {

@@ -39,22 +39,26 @@ def _record(out: Path) -> dict | None:
 
 
 def test_sigkill_mid_workload_then_cleanup_removes_every_leftover(tmp_path):
+    from netns.topology import pids_in_netns
+
     before = leftovers()
     run = _start(tmp_path, connections=5_000_000, trials=1)
     try:
         found = _wait_for(lambda: set(leftovers()["namespaces"]) - set(before["namespaces"]),
                           what="the run's namespaces")
-        time.sleep(0.5)  # the agents are now churning inside them
+        # the agents are churning inside them: wait for them rather than for a fixed time
+        _wait_for(lambda: all(pids_in_netns(name) for name in found), what="agents inside the namespaces")
     finally:
         run.kill()
         run.wait()
     assert set(leftovers()["namespaces"]) >= found  # SIGKILL gave the run no chance to clean up
     result = tpbench("cleanup", check=True)
     for name in found:
-        assert f"removed namespace {name}" in result.stdout
-    assert "killed pids" in result.stdout  # the agents were still running inside
-    assert leftovers() == before
-    assert tpbench("cleanup", check=True).stdout.strip() == "nothing of tpbench's found"
+        assert f"removed namespace {name}" in result.stdout, result.stdout
+    assert "killed pids" in result.stdout, result.stdout  # the agents were still running inside
+    assert leftovers() == before, (result.stdout, before)
+    again = tpbench("cleanup", check=True).stdout.strip()
+    assert again == "nothing of tpbench's found", again
 
 
 def test_sigterm_keeps_finished_trials_and_removes_everything(tmp_path):
