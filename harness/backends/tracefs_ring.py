@@ -55,10 +55,14 @@ _I32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
 
 
+_NATIVE_U32 = struct.Struct("=I")
+
+
 def native_u32(address: str) -> int:
-    """An IPv4 address as its four network-order bytes read as a little-endian u32: how a u8[4]
-    field compares in an ftrace filter (filter_pred_32 on the raw bytes) and how we read it."""
-    return _U32.unpack(socket.inet_aton(address))[0]
+    """An IPv4 address as its four network-order bytes read as a native u32: how a u8[4] field
+    compares in an ftrace filter (filter_pred_32 on the raw bytes), how a BPF program loads it,
+    and how the decoders here read it."""
+    return _NATIVE_U32.unpack(socket.inet_aton(address))[0]
 
 
 def page_header_layout(header_page: str) -> dict[str, int]:

@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import struct
 import subprocess
 import tempfile
@@ -49,6 +48,7 @@ from ..headers import CACHE_DIR, find_headers
 from ..kernel import KernelProbe, probe_ringbuf, probe_tracepoints
 from ..params import Param, names_check, parse_names
 from ..system import sysctl_set
+from .tracefs_ring import native_u32
 from .base import EVENT_KINDS, SIDES, Availability, Observation
 
 SOURCE = Path(__file__).with_name("tracepoint.bpf.c")
@@ -81,11 +81,6 @@ def parse_hooks(text: str) -> tuple[str, ...]:
 
 
 _check_hooks = names_check(HOOKS)
-
-
-def _native_u32(address: str) -> int:
-    """An IPv4 address as the BPF program loads it: network-order bytes read as a native u32."""
-    return struct.unpack("=I", socket.inet_aton(address))[0]
 
 
 def _pow2_at_least(n: int) -> int:
@@ -355,8 +350,8 @@ class _Session:
                 raise BackendError("consumer=c reads a BPF ring buffer: use transport=ringbuf (or consumer=python)")
             self.consumer_kind = consumer
         cflags = [
-            f"-DCLIENT_ADDR={_native_u32(self.topology.client.address)}U",
-            f"-DSERVER_ADDR={_native_u32(self.topology.server.address)}U",
+            f"-DCLIENT_ADDR={native_u32(self.topology.client.address)}U",
+            f"-DSERVER_ADDR={native_u32(self.topology.server.address)}U",
             *self.program.cflags,
         ]
         if self.empty:

@@ -1,7 +1,6 @@
 """bcc compiles and attaches with the headers the harness chose (a fallback on kernels without
 their own), and an independent in-kernel counter confirms churn's declared transitions."""
 
-import ctypes
 import os
 
 import pytest

@@ -9,10 +9,18 @@ import pytest
 
 from harness.backends import get_backend
 from harness.params import resolve
-from harness.system import tracefs_path
+from harness.system import tracefs_mounted, tracefs_path
 from tests.conftest import tpbench
 
 pytestmark = pytest.mark.root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def tracefs():
+    """These tests look into tracefs themselves (instances, and one attaches outside a run): mount
+    it as the runner does when the machine has not (a fresh CI machine), and restore it after."""
+    with tracefs_mounted() as path:
+        yield path
 
 
 def _our_instances() -> set:

@@ -6,10 +6,10 @@ import pytest
 from harness.backends.tracepoint import (
     HOOKS,
     _needs_rst_reason_stub,
-    _native_u32,
     format_flags,
     parse_hooks,
 )
+from harness.backends.tracefs_ring import native_u32
 from harness.kernel import Capability, parse_format
 from tests.unit.test_format import SEND_RESET
 
@@ -23,11 +23,11 @@ def test_hooks_parse_all_and_plus_joined_names():
 
 def test_addresses_are_compared_as_the_bpf_program_loads_them():
     raw = socket.inet_aton("198.18.0.2")
-    assert _native_u32("198.18.0.2") == struct.unpack("=I", raw)[0]
+    assert native_u32("198.18.0.2") == struct.unpack("=I", raw)[0]
     # masking in that representation keeps the network bytes: /15 of 198.19.7.7 is 198.18.0.0
-    mask, net = _native_u32("255.254.0.0"), _native_u32("198.18.0.0")
-    assert _native_u32("198.19.7.7") & mask == net
-    assert _native_u32("198.20.0.1") & mask != net
+    mask, net = native_u32("255.254.0.0"), native_u32("198.18.0.0")
+    assert native_u32("198.19.7.7") & mask == net
+    assert native_u32("198.20.0.1") & mask != net
 
 
 def _caps(fields_text: str, event: str = "tcp:tcp_send_reset") -> dict:
