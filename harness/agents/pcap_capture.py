@@ -130,10 +130,11 @@ def run(args: argparse.Namespace) -> int:
                 # The kernel counts a packet when it enters the ring, libpcap sees it when its
                 # block retires: a packet that came during the quiet period may still be in an
                 # open block. Done when every packet counted was read or dropped (or time is up).
-                received, dropped, _ = reader.stats()
+                # The counters reported are this snapshot, the one the decision was made on: read
+                # again, they could count a packet that arrived after it (seen: "undrained 1").
+                received, dropped, if_dropped = reader.stats()
                 if counts["captured"] + dropped >= received or now - stopping_since > MAX_DRAIN_S:
                     break
-        received, dropped, if_dropped = reader.stats()
         result = tracker.result()
         result["packets"].update(counts)
         result["pcap_stats"] = {"received": received, "dropped": dropped, "if_dropped": if_dropped}
