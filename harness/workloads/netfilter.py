@@ -107,8 +107,11 @@ def set_offloads(host: Host, features: dict[str, bool]) -> None:
 class Offloads:
     """`with Offloads(topology.hosts, enabled)`: TSO/GSO/GRO on both veth ends, restored on exit.
 
-    With TSO/GSO one skb carries many segments through the veth (nothing segments it on the way),
-    so a dropped skb is many lost segments; off, one skb is one segment. `settings` records what
+    With TSO/GSO on, one skb crosses the veth as one packet carrying many segments (nothing
+    segments it on the way), so a dropped packet is many lost segments; off, the veth segments each
+    skb before it leaves, so a dropped packet is one segment. TCP itself builds multi-segment skbs
+    either way (the kernel forces GSO on TCP sockets), so retransmitted skbs still are not
+    segments. `settings` records what
     each end actually had during the trial.
     """
 
