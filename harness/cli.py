@@ -100,11 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  tpbench bench                      5 interleaved rounds (what `make bench` runs)\n"
         "  tpbench bench --profile quick      3 rounds, no warm-up\n"
         "  tpbench bench --profile thorough   10 rounds plus the churn-rate and stream-size sweeps\n"
+        "  tpbench bench --profile sweeps     the sweeps alone (where does one backend's cost cross another's?)\n"
         "writes results/<run-id>/run.json, analysis.json and benchmark.json (pytest-benchmark format:\n"
         "  pytest-benchmark compare results/*/benchmark.json)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bench.add_argument("--profile", choices=("quick", "default", "thorough"), default="default",
+    bench.add_argument("--profile", choices=("quick", "default", "thorough", "sweeps"), default="default",
                        help="rounds and sweeps (default: default)")
     add_run_options(bench, trials_default=None)
 

@@ -39,12 +39,15 @@ class Profile:
     warmup: int
     sweeps: bool
     description: str
+    suite: bool = True  # the main suite (every workload x backend); False: the sweeps alone
 
 
 PROFILES = {
     "quick": Profile("quick", 3, 0, False, "3 rounds, no warm-up: a smoke run (wide intervals)"),
     "default": Profile("default", 5, 1, False, "5 rounds after a warm-up: what `make bench` runs"),
     "thorough": Profile("thorough", 10, 1, True, "10 rounds, plus the churn-rate and stream-size sweeps"),
+    "sweeps": Profile("sweeps", 5, 1, True, "the churn-rate and stream-size sweeps alone, 5 rounds",
+                      suite=False),
 }
 
 
@@ -63,7 +66,9 @@ def backend_settings(profile: "Profile | None" = None) -> list[tuple[str, dict[s
 
 
 def cells(profile: Profile) -> list[Cell]:
-    out = [build_cell(w, wp, b, bp) for w, wp in WORKLOADS for b, bp in backend_settings(profile)]
+    out = []
+    if profile.suite:
+        out += [build_cell(w, wp, b, bp) for w, wp in WORKLOADS for b, bp in backend_settings(profile)]
     if profile.sweeps:
         for rate in CHURN_RATES:
             out += [build_cell("churn", {"connections": "20000", "rate": rate}, b, {}) for b in SWEEP_BACKENDS]
