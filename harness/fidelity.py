@@ -20,8 +20,8 @@ to), per transition and event kind, summed over the cell's ok trials:
 mentions are listed as "not declared" with what was seen. Kinds or transitions a backend declares
 it cannot see (details.invisible) are "invisible", never "missing".
 
-Matching is by totals per trial, side and kind/transition, not per flow: the backends record
-counts, not per-event records (4-tuple and time), so no per-flow matching is done here.
+Matching here is by totals per trial, side and kind/transition; harness/flowmatch.py matches a
+sample of flows one by one (4-tuple and time) where the workload and the observer keep them.
 
 Kernel-counter cross-checks (KERNEL_CHECKS) set an observer's counts beside the SNMP counters that
 the same kernel code paths increment, with the measured difference and, where the two count

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import flowmatch
 from .analysis import analyse, workload_key
 from .attribution import attribution
 from .benchjson import benchmark_json
@@ -46,6 +47,7 @@ def full_analysis(run: dict[str, Any]) -> dict[str, Any]:
     result["fidelity"] = fidelity(run)
     result["visibility"] = visibility(run)
     result["attribution"] = attribution(run)
+    result["flows"] = flowmatch.aggregate(run)
     result["answers"] = {key: tracepoint_vs_pcap(key, entry) for key, entry in result["workloads"].items()}
     return result
 
@@ -236,6 +238,7 @@ def render_markdown(run: dict[str, Any], analysis: dict[str, Any], plots: dict[s
     out += _verdict_section(run, analysis, plots)
     out += _conditions_section(analysis, plots)
     out += _fidelity_section(analysis)
+    out += _flows_section(analysis)
     out += _visibility_section(analysis)
     out += _attribution_section(analysis)
     out += _caveats_section(run, analysis)
@@ -319,7 +322,7 @@ def _conditions_section(analysis: dict[str, Any], plots: dict[str, str]) -> list
     if not analysis.get("sweeps"):
         return out + ["Not explored in this run: it has no sweep (cells of one workload differing in one "
                       "parameter at three or more values). `tpbench bench --profile thorough` adds a churn-rate "
-                      "sweep and a stream message-size sweep; `tpbench report` then plots CPU per operation "
+                      "sweep and a stream message-size sweep (`--profile sweeps`: the sweeps alone); `tpbench report` then plots CPU per operation "
                       "against the measured rate and throughput and marks any tracepoint/pcap crossover.", ""]
     for sweep in analysis["sweeps"]:
         name = plots.get(f"{sweep['workload']}:{sweep['parameter']}")
@@ -346,7 +349,7 @@ def _fidelity_section(analysis: dict[str, Any]) -> list[str]:
            "counter it must equal); *bound*: a declared lower bound; *lost*: the part of a shortfall the "
            "observer's own reported losses (in events) could explain; *missing*: expected (or bound) - seen "
            "- lost, per trial; *extra*: seen - expected. Matching is by per-trial totals per side and "
-           "kind/transition, not per flow (see Caveats).", ""]
+           "kind/transition; the next section matches a sample of flows one by one.", ""]
     for key, cells in analysis.get("fidelity", {}).items():
         out += [f"### {key}", ""]
         checks = [c["ground_truth"] for c in cells.values()]
@@ -459,16 +462,50 @@ def _attribution_section(analysis: dict[str, Any]) -> list[str]:
     return out
 
 
+def _flows_section(analysis: dict[str, Any]) -> list[str]:
+    flows = analysis.get("flows") or {}
+    out = ["## Per-flow matching", "",
+           f"Totals can hide compensating errors, so a sample of flows is matched one by one: the connections "
+           f"whose client port is a multiple of {flowmatch.FLOW_SAMPLE}, recorded by the workload (port and "
+           "connect() time) and kept whole by the observer (every event of those ports, with the kernel's "
+           "time). An event belongs to the flow on its port that began last before it; each flow and side "
+           "is scored against one connection's declared transitions and one sock_destroy (what the observer "
+           "hooked of them). *exact*: all of them once, nothing else, in chain order. A flow can count "
+           "under several faults. Sampled today: churn with the C generator, observed by the tracepoint "
+           "backend's C consumer (and kprobe/fentry, which share it); other cells have no per-flow data.", ""]
+    if not flows:
+        return out + ["No cell of this run has per-flow data.", ""]
+    for key, cells in flows.items():
+        rows = []
+        for label, r in cells.items():
+            for side in flowmatch.SIDES:
+                counts = r["sides"][side]
+                rows.append([label, side, _n(r["flows"]), f"{counts['exact']:,}",
+                             *(_n(counts[name]) for name in flowmatch.OUTCOMES[1:]),
+                             _n(sum(r["unmatched_events"].values())) if side == "client" else "",
+                             ", ".join(r["scored"])])
+        out += [f"### {key}", ""]
+        out += _md_table(["cell", "side", "sampled flows", "exact", *flowmatch.OUTCOMES[1:], "unmatched events",
+                          "scored on"], rows)
+        examples = [e for r in cells.values() for e in r["examples"]][:flowmatch.EXAMPLES]
+        if examples:
+            out += ["", "Flows that were not exact (first few): " + "; ".join(
+                f"{e['side']} port {e['port']} ({', '.join(e['outcomes'])}): {' '.join(e['events']) or 'no events'}"
+                for e in examples)]
+        out.append("")
+    return out
+
+
 def _caveats_section(run: dict[str, Any], analysis: dict[str, Any]) -> list[str]:
     headers = run.get("headers") or {}
     failed = sum(1 for c in run["cells"] for t in c.get("trials", []) if t.get("status") != "ok")
     out = ["## Caveats", "",
-           "- **Per-flow matching is not implemented.** Backends record counts per side, kind and transition, "
-           "not per-event records with 4-tuple and time, so fidelity matches per-trial totals against the "
-           "workloads' exact declarations and the kernel's SNMP counters. An observer that reported one "
-           "flow's event twice and another's not at all would pass a total that matches. Wrong addresses "
-           "show only as events of neither host; wrong fields only where a kprobe/fentry cell ran its "
-           "tracepoint check.",
+           "- **Per-flow matching is sampled and partial.** Only churn (C generator) records flows, and only "
+           "the BPF backends' C consumer keeps their events; the other cells are matched by per-trial totals "
+           "against the workloads' exact declarations and the kernel's SNMP counters, where an observer that "
+           "reported one flow's event twice and another's not at all would pass. Wrong addresses show only "
+           "as events of neither host (or unmatched flow events); wrong fields only where a kprobe/fentry "
+           "cell ran its tracepoint check.",
            "- **Losses are per trial, not per kind.** *lost* in the fidelity tables is an upper bound of what "
            "the reported losses could explain for that row; pcap reports dropped packets and sockdiag missed "
            "connections, which are shown but never subtracted from event counts.",

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from netns import Topology
 
-from . import counters
+from . import counters, flowmatch
 from .backends import Backend, get_backend
 from .errors import Interrupted, UsageError
 from .headers import find_headers
@@ -121,6 +121,8 @@ def run_trial(cell: Cell, run_id: str) -> dict[str, Any]:
             with critical():
                 observation = attachment.detach()
                 detached = True
+            # sampled events for per-flow matching: matched below, never stored raw (bounded record)
+            flow_events = observation.details.pop("flow_events", None)
             trial["detach_s"] = round(time.perf_counter() - started, 4)
         finally:
             if not detached:
@@ -150,6 +152,10 @@ def run_trial(cell: Cell, run_id: str) -> dict[str, Any]:
             "observed": observation.to_dict(),
         }
     )
+    if truth.flows is not None and flow_events is not None:
+        scored = flowmatch.scored_from_hooks(observation.details.get("hooks_attached", []))
+        if scored:
+            trial["flows"] = flowmatch.match(truth.flows, flow_events["events"], flow_events["overflow"], scored)
     return trial
 
 

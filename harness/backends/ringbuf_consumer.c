@@ -6,6 +6,12 @@
 // harness, counts events in fixed arrays (memory does not grow with the event rate) and, when
 // its stdin closes, drains the ring once more and prints one JSON object on stdout.
 //
+// Per-flow matching (harness/flowmatch.py) needs events, not counts, so it samples: every event of
+// a connection whose client port is a multiple of FLOW_SAMPLE is kept (time, side, kind, states,
+// port) in a fixed array, the rest of the flows are only counted. A destroy whose socket's
+// addresses tcp_disconnect() cleared carries port 0: the socket's kernel address, remembered from
+// its earlier events, gives its port back. Both tables are fixed: overflow is counted, never grown.
+//
 // usage: ringbuf_consumer MAP_FD
 #include <bpf/libbpf.h>
 #include <errno.h>
@@ -35,7 +41,101 @@ _Static_assert(sizeof(struct event) == 56, "struct event must match tracepoint.b
 #define NSTATES 16
 #define ATTR_SLOTS 4096 // distinct (side, kind, pid, comm): bounded; the rest counted as overflow
 
+#define KIND_SOCK_DESTROY 5 // tcp_events.bpf.h
+#define FLOW_SAMPLE 64      // harness/flowmatch.py and harness/agents/c/churn.c use the same
+#define FLOW_EVENTS 65536
+#define SK_SLOTS 65536
+
 static uint64_t counts[NSIDES][NKINDS][NSTATES][NSTATES];
+
+struct flow_event {
+	uint64_t ts_ns;
+	uint16_t port; // the client's port: the flow's key with the server's fixed address and port
+	uint8_t side, kind, oldstate, newstate;
+};
+static struct flow_event flow_events[FLOW_EVENTS];
+static uint64_t nflow_events, flow_events_overflow, sk_overflow;
+
+struct sk_port {
+	uint64_t sk;
+	uint64_t pending_ts; // a CLOSE->SYN_SENT seen before the port was chosen (0: none)
+	uint16_t port;       // 0: forgotten (destroyed)
+};
+static struct sk_port sk_ports[SK_SLOTS];
+
+static struct sk_port *sk_slot(uint64_t sk, int insert)
+{
+	uint64_t h = (sk >> 6) * 0x9E3779B97F4A7C15ull >> 48; // slab objects: low bits carry nothing
+	for (unsigned probe = 0; probe < 64; probe++) {
+		struct sk_port *s = &sk_ports[(h + probe) & (SK_SLOTS - 1)];
+		if (s->sk == sk)
+			return s;
+		if (!s->sk) {
+			if (!insert)
+				return NULL;
+			s->sk = sk;
+			return s;
+		}
+	}
+	return NULL;
+}
+
+static void keep(uint64_t ts_ns, uint16_t port, uint8_t side, uint8_t kind, uint8_t oldstate, uint8_t newstate)
+{
+	if (nflow_events >= FLOW_EVENTS) {
+		flow_events_overflow++;
+		return;
+	}
+	flow_events[nflow_events++] = (struct flow_event){
+		.ts_ns = ts_ns, .port = port, .side = side, .kind = kind, .oldstate = oldstate, .newstate = newstate,
+	};
+}
+
+#define TCP_SYN_SENT 2
+#define TCP_CLOSE 7
+
+static void sample_flow(const struct event *e)
+{
+	uint16_t port = e->side == 0 ? e->sport : e->side == 1 ? e->dport : 0;
+	struct sk_port *s;
+	if (e->side == 0 && e->kind == 0 && e->oldstate == TCP_CLOSE && e->newstate == TCP_SYN_SENT && port == 0) {
+		// tcp_v4_connect() enters SYN_SENT before inet_hash_connect() picks the port: hold the
+		// event until the socket's next one says which port (and so whether it is sampled)
+		if (e->sk && (s = sk_slot(e->sk, 1))) {
+			s->port = 0;
+			s->pending_ts = e->ts_ns;
+		} else {
+			sk_overflow++;
+		}
+		return;
+	}
+	if (e->side == 0 && e->kind == 0 && e->oldstate == TCP_SYN_SENT && e->sk && (s = sk_slot(e->sk, 0)) &&
+	    s->pending_ts) {
+		if (port && port % FLOW_SAMPLE == 0)
+			keep(s->pending_ts, port, 0, 0, TCP_CLOSE, TCP_SYN_SENT);
+		s->pending_ts = 0;
+	}
+	if (port == 0) { // a cleared address (or the listener, never remembered)
+		s = e->sk ? sk_slot(e->sk, 0) : NULL;
+		if (!s || !s->port)
+			return;
+		port = s->port;
+		if (e->kind == KIND_SOCK_DESTROY)
+			s->port = 0;
+	} else if (port % FLOW_SAMPLE == 0) {
+		if (e->sk) {
+			s = sk_slot(e->sk, 1);
+			if (s)
+				s->port = e->kind == KIND_SOCK_DESTROY ? 0 : port;
+			else
+				sk_overflow++;
+		}
+	} else {
+		return;
+	}
+	keep(e->ts_ns, port, e->side, e->kind, e->oldstate, e->newstate);
+}
+
 static uint64_t events, bad_records, attr_overflow;
 
 struct attribution {
@@ -87,6 +187,7 @@ static int on_event(void *ctx, void *data, size_t size)
 		events++;
 		counts[e->side][e->kind][e->oldstate & (NSTATES - 1)][e->newstate & (NSTATES - 1)]++;
 		attribute(e);
+		sample_flow(e);
 	}
 	return 0;
 }
@@ -173,7 +274,15 @@ int main(int argc, char **argv)
 			printf(", %llu]", (unsigned long long)attrs[i].n);
 			sep = ", ";
 		}
-	printf("], \"attribution_overflow\": %llu}\n", (unsigned long long)attr_overflow);
+	printf("], \"attribution_overflow\": %llu, \"flow_sample\": %d, \"flow_events\": [",
+	       (unsigned long long)attr_overflow, FLOW_SAMPLE);
+	for (uint64_t i = 0; i < nflow_events; i++) {
+		const struct flow_event *f = &flow_events[i];
+		printf("%s[%llu, %u, %u, %u, %u, %u]", i ? ", " : "", (unsigned long long)f->ts_ns, f->side,
+		       f->kind, f->oldstate, f->newstate, f->port);
+	}
+	printf("], \"flow_events_overflow\": %llu, \"flow_sk_overflow\": %llu}\n",
+	       (unsigned long long)flow_events_overflow, (unsigned long long)sk_overflow);
 	ring_buffer__free(rb);
 	return 0;
 }

@@ -43,6 +43,7 @@ from typing import Any, Callable
 
 from netns import Topology
 
+from .. import flowmatch
 from ..errors import UsageError
 from ..headers import CACHE_DIR, find_headers
 from ..kernel import KernelProbe, probe_ringbuf, probe_tracepoints
@@ -276,6 +277,8 @@ class _CConsumer:
             "lost_callback": 0,
             "max_rss_kib": report["max_rss_kib"],
             "attribution_overflow": report["attribution_overflow"],
+            "flow_events": {"events": report["flow_events"], "overflow": report["flow_events_overflow"],
+                            "sk_overflow": report["flow_sk_overflow"]},
         }
 
     def kill(self) -> None:
@@ -448,6 +451,8 @@ class _Session:
                     "attribution": attribution,
                 }
             )
+            if "flow_events" in consumed:  # the runner matches them per flow, then drops them
+                observation.details["flow_events"] = consumed["flow_events"]
         self.close()
         return observation
 
@@ -470,6 +475,8 @@ class _Session:
                 offset = 8 + i * EVENT_SIZE
                 key = raw[offset + 16 : offset + 24] + raw[offset + 40 : offset + 56]
                 _count_key(consumed["counts"], consumed["attribution"], key, 1)
+                if "flow_events" in consumed and (sampled := flowmatch.sample_record(raw, offset)):
+                    consumed["flow_events"]["events"].append(sampled)
             collected += staged
         return collected
 

@@ -116,6 +116,7 @@ class GroundTruth:
     pids: dict[str, list[int]] = field(default_factory=dict)  # role -> pids that made the traffic
     latency: dict[str, Any] | None = None  # per-operation latency summary
     cpu_ticks: dict[str, dict[str, int]] | None = None  # /proc/stat around the loop: before, after
+    flows: dict[str, Any] | None = None  # sampled per-flow ground truth (harness/flowmatch.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

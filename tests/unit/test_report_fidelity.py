@@ -207,7 +207,7 @@ def test_report_without_sweep_says_conditions_were_not_explored(tmp_path):
     write_outputs(tmp_path, load_run(tmp_path))
     report = (tmp_path / "report.md").read_text()
     assert "Not explored in this run" in report and "tpbench bench --profile thorough" in report
-    assert "Per-flow matching is not implemented" in report
+    assert "Per-flow matching is sampled and partial" in report and "No cell of this run has per-flow data" in report
     assert "| CLOSE->SYN_SENT | seen 5/5" in report
     assert (tmp_path / "overhead.png").exists()
 

@@ -10,7 +10,10 @@
  *         Stops early when stdin closes. Result: {"accepted", "closed", "errors", "pid", "stopped_early"}.
  * client: CONCURRENCY forked workers share COUNT connections (connect, send BYTES, read BYTES,
  *         close first or read to EOF then close), paced to --rate connections/s in total if given.
- *         Result: {"connections", "failures", "duration_ns", "pids", "latency_log2_ns", "cpu_ticks"}.
+ *         Result: {"connections", "failures", "duration_ns", "pids", "latency_log2_ns", "cpu_ticks",
+ *         "flows"}: flows is the per-flow ground truth for a sample of the connections, those whose
+ *         client port is a multiple of FLOW_SAMPLE ([port, CLOCK_MONOTONIC ns at connect()], at most
+ *         FLOW_SLOTS per worker, the rest counted in "flows_overflow"), for harness/flowmatch.py.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -32,6 +35,8 @@
 #define MAX_ERRNO 256
 #define BUCKETS 64
 #define MAX_WORKERS 256
+#define FLOW_SAMPLE 64 /* harness/flowmatch.py's FLOW_SAMPLE: the two must agree */
+#define FLOW_SLOTS 4096
 
 static uint64_t now_ns(void) {
     struct timespec ts;
@@ -185,9 +190,16 @@ static int serve(void) {
 
 /* ---------------------------------------------------------------- client */
 
+struct flow {
+    uint64_t start_ns;
+    uint16_t port;
+};
+
 struct report {
     int pid;
     long made;
+    long nflows, flows_overflow;
+    struct flow flows[FLOW_SLOTS];
     uint64_t begin_ns, end_ns;
     long failures[MAX_ERRNO + 1]; /* MAX_ERRNO: short response */
     long histogram[BUCKETS];
@@ -214,7 +226,17 @@ static void worker(struct report *r, long share, uint64_t interval_ns, int start
         int failed = 0;
         if (connect(fd, (struct sockaddr *)&target, sizeof target) != 0) {
             failed = errno;
-        } else if (size) {
+        } else {
+            struct sockaddr_in local;
+            socklen_t len = sizeof local;
+            if (getsockname(fd, (struct sockaddr *)&local, &len) == 0 && ntohs(local.sin_port) % FLOW_SAMPLE == 0) {
+                if (r->nflows < FLOW_SLOTS)
+                    r->flows[r->nflows++] = (struct flow){.start_ns = t0, .port = ntohs(local.sin_port)};
+                else
+                    r->flows_overflow++;
+            }
+        }
+        if (!failed && size) {
             write_all(fd, request, size);
             long remaining = size;
             while (remaining > 0) {
@@ -304,7 +326,18 @@ static int client(void) {
         printf("%s\"%d\": %ld", sep, b, histogram[b]);
         sep = ", ";
     }
-    printf("}, \"cpu_ticks\": {\"before\": %s, \"after\": %s}}\n", before, after);
+    printf("}, \"cpu_ticks\": {\"before\": %s, \"after\": %s}, \"flow_sample\": %d, \"flows\": [",
+           before, after, FLOW_SAMPLE);
+    sep = "";
+    long flows_overflow = 0;
+    for (int w = 0; w < workers; w++) {
+        flows_overflow += reports[w].flows_overflow;
+        for (long f = 0; f < reports[w].nflows; f++) {
+            printf("%s[%u, %llu]", sep, reports[w].flows[f].port, (unsigned long long)reports[w].flows[f].start_ns);
+            sep = ", ";
+        }
+    }
+    printf("], \"flows_overflow\": %ld}\n", flows_overflow);
     return 0;
 }
 
