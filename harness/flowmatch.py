@@ -65,7 +65,7 @@ def _transition(old: int, new: int) -> str:
 
 
 def _score(events: list[tuple[int, int, int, int]], declared: dict[str, int],
-           scored: frozenset[str]) -> tuple[set[str], Counter]:
+           scored: frozenset[str], invisible: frozenset[str] = frozenset()) -> tuple[set[str], Counter]:
     """events: (ts, kind, old, new) of one flow and side, in time order -> (outcomes, event kinds)."""
     seen: Counter = Counter()
     kinds: Counter = Counter()
@@ -79,6 +79,7 @@ def _score(events: list[tuple[int, int, int, int]], declared: dict[str, int],
             state = new
         elif kind == KIND_SOCK_DESTROY:
             seen["sock_destroy"] += 1
+    declared = {name: n for name, n in declared.items() if name not in invisible}
     want = {**(declared if "transitions" in scored else {}),
             **({"sock_destroy": 1} if "sock_destroy" in scored else {})}
     seen = Counter({name: n for name, n in seen.items()
@@ -110,9 +111,13 @@ def scored_from_hooks(hooks: Iterable[str]) -> frozenset[str]:
 
 
 def match(truth: dict[str, Any], events: Iterable[list[int]], overflow: int = 0,
-          scored: frozenset[str] = SCORED) -> dict[str, Any]:
+          scored: frozenset[str] = SCORED, invisible: Iterable[str] = (),
+          tolerance_ns: int = 0) -> dict[str, Any]:
     """truth: truth_flows(); events: [ts_ns, side, kind, old, new, port] as the consumer kept them;
-    scored: what the observer hooked of "transitions" and "sock_destroy" (the rest is not its fault)."""
+    scored: what the observer hooked of "transitions" and "sock_destroy" (the rest is not its fault);
+    invisible: transitions the observer declares it cannot see (not scored either); tolerance_ns:
+    how far before its flow's connect() an event's clock may put it (packet times: microseconds)."""
+    invisible = frozenset(invisible)
     starts: dict[int, list[int]] = {}
     for port, start in truth["flows"]:
         starts.setdefault(port, []).append(start)
@@ -122,7 +127,7 @@ def match(truth: dict[str, Any], events: Iterable[list[int]], overflow: int = 0,
     unmatched: Counter = Counter()
     for ts, side, kind, old, new, port in events:
         times = starts.get(port)
-        index = bisect.bisect_right(times, ts) - 1 if times else -1
+        index = bisect.bisect_right(times, ts + tolerance_ns) - 1 if times else -1
         if index < 0 or side not in (0, 1):
             unmatched["state_change" if kind == KIND_STATE_CHANGE else str(kind)] += 1
             continue
@@ -131,6 +136,7 @@ def match(truth: dict[str, Any], events: Iterable[list[int]], overflow: int = 0,
     result: dict[str, Any] = {
         "sample_every": truth["sample"],
         "scored": sorted(scored),
+        "not_scored": sorted(invisible),
         "flows": len(truth["flows"]),
         "truth_overflow": truth["overflow"],
         "events_overflow": overflow,
@@ -143,8 +149,9 @@ def match(truth: dict[str, Any], events: Iterable[list[int]], overflow: int = 0,
         outcomes: Counter = Counter()
         for port, times in sorted(starts.items()):
             for index in range(len(times)):
-                flow_events = sorted(per_flow.get((port, index), [[], []])[side_index])
-                found, _ = _score(flow_events, declared, scored)
+                # by time; events of one time keep the order they were kept in (stable sort)
+                flow_events = sorted(per_flow.get((port, index), [[], []])[side_index], key=lambda e: e[0])
+                found, _ = _score(flow_events, declared, scored, invisible)
                 outcomes.update(found)
                 if "exact" not in found and len(result["examples"]) < EXAMPLES:
                     result["examples"].append({

@@ -471,8 +471,9 @@ def _flows_section(analysis: dict[str, Any]) -> list[str]:
            "time). An event belongs to the flow on its port that began last before it; each flow and side "
            "is scored against one connection's declared transitions and one sock_destroy (what the observer "
            "hooked of them). *exact*: all of them once, nothing else, in chain order. A flow can count "
-           "under several faults. Sampled today: churn with the C generator, observed by the tracepoint "
-           "backend's C consumer (and kprobe/fentry, which share it); other cells have no per-flow data.", ""]
+           "under several faults. Sampled today: churn with the C generator, observed by the BPF backends' "
+           "C consumer (tracepoint, kprobe, fentry) and by pcap (both consumers; packet times converted from "
+           "CLOCK_REALTIME, scored on the transitions it can see at all); other cells have no per-flow data.", ""]
     if not flows:
         return out + ["No cell of this run has per-flow data.", ""]
     for key, cells in flows.items():
@@ -501,7 +502,7 @@ def _caveats_section(run: dict[str, Any], analysis: dict[str, Any]) -> list[str]
     failed = sum(1 for c in run["cells"] for t in c.get("trials", []) if t.get("status") != "ok")
     out = ["## Caveats", "",
            "- **Per-flow matching is sampled and partial.** Only churn (C generator) records flows, and only "
-           "the BPF backends' C consumer keeps their events; the other cells are matched by per-trial totals "
+           "the BPF backends' C consumer and pcap keep their events; the other cells are matched by per-trial totals "
            "against the workloads' exact declarations and the kernel's SNMP counters, where an observer that "
            "reported one flow's event twice and another's not at all would pass. Wrong addresses show only "
            "as events of neither host (or unmatched flow events); wrong fields only where a kprobe/fentry "

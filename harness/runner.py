@@ -153,9 +153,11 @@ def run_trial(cell: Cell, run_id: str) -> dict[str, Any]:
         }
     )
     if truth.flows is not None and flow_events is not None:
-        scored = flowmatch.scored_from_hooks(observation.details.get("hooks_attached", []))
+        scored = frozenset(flow_events.get("scored") or
+                           flowmatch.scored_from_hooks(observation.details.get("hooks_attached", [])))
         if scored:
-            trial["flows"] = flowmatch.match(truth.flows, flow_events["events"], flow_events["overflow"], scored)
+            trial["flows"] = flowmatch.match(truth.flows, flow_events["events"], flow_events["overflow"], scored,
+                                             flow_events.get("invisible", ()), flow_events.get("clock_tolerance_ns", 0))
     return trial
 
 

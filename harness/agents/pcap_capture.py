@@ -31,7 +31,8 @@ import signal
 import sys
 import time
 
-from harness.agents.pcap_infer import FlowTracker, decode_ethernet
+from harness.agents.pcap_infer import FlowTracker, decode_ethernet, realtime_to_monotonic
+from harness.flowmatch import FLOW_SAMPLE
 from harness.agents.common import cpu_seconds, emit
 
 EXIT_CAPTURE_FAILED = 2
@@ -81,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
     import pcapy
 
     sides = dict(item.split("=", 1) for item in args.side)
-    tracker = FlowTracker(sides)
+    to_monotonic = realtime_to_monotonic()
+    tracker = FlowTracker(sides, flow_sample=FLOW_SAMPLE,
+                          timestamp=lambda header: to_monotonic(*header.getts(), 1000))
     counts = {"captured": 0, "wire_bytes": 0, "not_tcp": 0, "truncated": 0}
 
     def on_packet(header, data):
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         if segment.__class__ is str:
             counts[segment] += 1
         else:
-            tracker.feed(segment)
+            tracker.feed(segment, header)
 
     try:
         reader = open_capture(pcapy, args.interface, args.expression, args.snaplen, args.buffer_bytes,

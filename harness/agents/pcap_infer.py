@@ -34,7 +34,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections import Counter, OrderedDict
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 ETHERTYPE_IPV4, ETHERTYPE_VLAN = 0x0800, 0x8100
@@ -85,6 +85,13 @@ ASSUMPTIONS = (
 )
 
 
+# Per-flow sampling (harness/flowmatch.py): sides and states as the BPF record numbers them.
+SAMPLED_SIDES = {"client": 0, "server": 1}
+STATE_NUMBERS = {"ESTABLISHED": 1, "SYN_SENT": 2, "SYN_RECV": 3, "FIN_WAIT1": 4, "FIN_WAIT2": 5, "TIME_WAIT": 6,
+                 "CLOSE": 7, "CLOSE_WAIT": 8, "LAST_ACK": 9, "LISTEN": 10, "CLOSING": 11, "NEW_SYN_RECV": 12}
+MAX_FLOW_EVENTS = 65536
+
+
 class Segment(NamedTuple):
     src: str
     sport: int
@@ -94,6 +101,23 @@ class Segment(NamedTuple):
     ack: int
     flags: int
     payload_bytes: int
+
+
+def realtime_to_monotonic() -> Callable[[int, int, int], int]:
+    """Packet times are CLOCK_REALTIME (seconds and a fraction); BPF and the workloads time with
+    CLOCK_MONOTONIC. The offset is read once, as the pair of clocks nearest in time of three reads.
+    -> convert(seconds, fraction, ns_per_fraction_unit): CLOCK_MONOTONIC ns."""
+    import time
+
+    best = None
+    for _ in range(3):
+        before = time.monotonic_ns()
+        real = time.clock_gettime_ns(time.CLOCK_REALTIME)
+        after = time.monotonic_ns()
+        if best is None or after - before < best[0]:
+            best = (after - before, real - (before + after) // 2)
+    offset = best[1]
+    return lambda seconds, fraction, unit: seconds * 1_000_000_000 + fraction * unit - offset
 
 
 def decode_ethernet(frame: bytes, wire_length: int) -> Segment | str:
@@ -175,8 +199,17 @@ class FlowTracker:
     """
 
     def __init__(self, sides: Mapping[str, str], max_finished_flows: int = 65536,
-                 max_live_flows: int = 1 << 20):
+                 max_live_flows: int = 1 << 20, flow_sample: int = 0,
+                 timestamp: Callable[[Any], int] | None = None):
+        """flow_sample/timestamp: keep every transition of the flows whose client port is a multiple
+        of flow_sample, timed by timestamp(when) (CLOCK_MONOTONIC ns) from feed()'s `when`, for
+        harness/flowmatch.py; the clock is read only for those flows."""
         self.sides = dict(sides)
+        self.flow_sample = flow_sample if timestamp is not None else 0
+        self.timestamp = timestamp
+        self.flow_events: list[list[int]] = []
+        self.flow_events_overflow = 0
+        self._sampled: tuple[int, int] | None = None  # (time, client port) of the segment being fed
         self.max_finished_flows = max_finished_flows
         self.max_live_flows = max_live_flows
         self.live: OrderedDict[tuple, _Flow] = OrderedDict()
@@ -199,6 +232,13 @@ class FlowTracker:
         name = f"{end.state}->{reported or new}"
         self.transitions.setdefault(end.side, Counter())[name] += 1
         self._event(end.side, "state_change")
+        if self._sampled is not None and end.side in SAMPLED_SIDES:
+            if len(self.flow_events) < MAX_FLOW_EVENTS:
+                self.flow_events.append([self._sampled[0], SAMPLED_SIDES[end.side], 0,
+                                         STATE_NUMBERS.get(end.state, 0), STATE_NUMBERS.get(reported or new, 0),
+                                         self._sampled[1]])
+            else:
+                self.flow_events_overflow += 1
         end.state = new
 
     def _retract(self, end: _Endpoint, name: str, back_to: str) -> None:
@@ -208,6 +248,13 @@ class FlowTracker:
             del self.transitions[end.side][name]
         self.events[end.side]["state_change"] -= 1
         self.packets["retracted_transitions"] += 1
+        if self._sampled is not None and end.side in SAMPLED_SIDES:
+            old, new = (STATE_NUMBERS.get(state, 0) for state in name.split("->"))
+            for index in range(len(self.flow_events) - 1, -1, -1):
+                event = self.flow_events[index]
+                if (event[1], event[3], event[4], event[5]) == (SAMPLED_SIDES[end.side], old, new, self._sampled[1]):
+                    del self.flow_events[index]
+                    break
         end.state = back_to
 
     def _establish(self, end: _Endpoint) -> None:
@@ -228,8 +275,12 @@ class FlowTracker:
         a, b = (seg.src, seg.sport), (seg.dst, seg.dport)
         return a + b if a <= b else b + a
 
-    def feed(self, seg: Segment) -> None:
+    def feed(self, seg: Segment, when: Any = None) -> None:
         self.packets["tcp"] += 1
+        if self.flow_sample:
+            side = self.sides.get(seg.src)
+            port = seg.sport if side == "client" else seg.dport if side == "server" else 0
+            self._sampled = (self.timestamp(when), port) if port and not port % self.flow_sample else None
         flags = seg.flags
         if flags & SYN:
             self.packets["synack" if flags & ACK else "syn"] += 1
@@ -426,4 +477,6 @@ class FlowTracker:
             },
             "packets": dict(sorted(self.packets.items())),
             "flows": {**dict(self.flows), "live_at_end": len(self.live), "finished_kept": len(self.finished)},
+            **({"flow_events": {"events": self.flow_events, "overflow": self.flow_events_overflow}}
+               if self.flow_sample else {}),
         }

@@ -48,7 +48,9 @@ from typing import Any
 
 from netns import Host, Topology
 
-from ..agents.pcap_infer import ASSUMPTIONS, INVISIBLE, INVISIBLE_STATE_FILTER, MIN_SNAPLEN, FlowTracker, decode_ethernet
+from ..agents.pcap_infer import (ASSUMPTIONS, INVISIBLE, INVISIBLE_STATE_FILTER, MIN_SNAPLEN, FlowTracker,
+                                 decode_ethernet, realtime_to_monotonic)
+from ..flowmatch import FLOW_SAMPLE
 from ..errors import UsageError
 from ..kernel import KernelProbe
 from ..params import Param
@@ -118,6 +120,15 @@ def observation_from(result: dict[str, Any], details: dict[str, Any], filter_nam
         "invisible": invisible,
         "assumptions": list(ASSUMPTIONS),
     }
+    if "flow_events" in result:  # sampled flows, for the runner's per-flow matching
+        details["flow_events"] = {
+            **result["flow_events"],
+            "scored": ["transitions"],  # no packet says when a socket is destroyed
+            "invisible": sorted(name for key in invisible for name in key.split(", ") if "->" in name),
+            # packet times are microseconds, converted from CLOCK_REALTIME: a SYN may read up to a
+            # microsecond or so before the connect() that sent it began
+            "clock_tolerance_ns": 2000,
+        }
     return Observation(events=dict(sorted(events.items())), transitions=dict(sorted(transitions.items())),
                        sides=sides, lost=details["pcap_stats"]["dropped"], details=details)
 
@@ -298,7 +309,7 @@ def read_capture_file(path: Path, sides: dict[str, str]) -> dict[str, Any]:
     """A pcap file through dpkt's record format, inferred exactly as the Python agent infers."""
     import dpkt
 
-    tracker = FlowTracker(sides)
+    to_monotonic = realtime_to_monotonic()
     counts = {"captured": 0, "wire_bytes": 0, "not_tcp": 0, "truncated": 0}
     with open(path, "rb") as f:
         file_header = dpkt.pcap.FileHdr(f.read(dpkt.pcap.FileHdr.__hdr_len__))
@@ -311,6 +322,9 @@ def read_capture_file(path: Path, sides: dict[str, str]) -> dict[str, Any]:
             raise CaptureError(f"{path}: link type {file_header.linktype} is not Ethernet")
         record = dpkt.pcap.MAGIC_TO_PKT_HDR[magic]
         size = record.__hdr_len__
+        unit = 1 if magic in (dpkt.pcap.TCPDUMP_MAGIC_NANO, dpkt.pcap.PMUDPCT_MAGIC_NANO) else 1000
+        tracker = FlowTracker(sides, flow_sample=FLOW_SAMPLE,
+                              timestamp=lambda header: to_monotonic(header.tv_sec, header.tv_usec, unit))
         while True:
             raw = f.read(size)
             if len(raw) < size:
@@ -323,7 +337,7 @@ def read_capture_file(path: Path, sides: dict[str, str]) -> dict[str, Any]:
             if isinstance(segment, str):
                 counts[segment] += 1
             else:
-                tracker.feed(segment)
+                tracker.feed(segment, header)
     result = tracker.result()
     result["packets"].update(counts)
     return result

@@ -354,3 +354,42 @@ def test_a_retransmission_overlapping_a_gap_and_seen_space_counts():
     conn.send("client", PSH | ACK, payload=100)
     conn.segments.append(first._replace(payload_bytes=200))  # first and second resent in one skb
     assert events(run(conn.segments), "client")["retransmit"] == 1
+
+
+def test_sampled_flows_keep_their_transitions_with_time_and_match_flow_by_flow():
+    """Flows whose client port is a multiple of the sample keep each transition with its packet's
+    time, as sides and state numbers the BPF record uses; flowmatch then scores them like BPF's."""
+    from harness import flowmatch
+    from harness.workloads.base import connection_transitions
+
+    times = iter(range(1000, 100000, 10))
+    tracker = FlowTracker(SIDES, flow_sample=64, timestamp=lambda when: when)
+    sampled, other = Conn(cport=64 * 600), Conn(cport=64 * 600 + 2)
+    for conn in (sampled, other):
+        conn.handshake().close("server")
+    for seg in sampled.segments + other.segments:
+        tracker.feed(seg, next(times))
+    flow_events = tracker.result()["flow_events"]
+    assert flow_events["overflow"] == 0
+    assert {e[5] for e in flow_events["events"]} == {64 * 600}  # the other flow is not kept
+    assert [e[0] for e in flow_events["events"]] == sorted(e[0] for e in flow_events["events"])
+    assert len(flow_events["events"]) == 10 and {e[1] for e in flow_events["events"]} == {0, 1}
+    truth = flowmatch.truth_flows(64, [[64 * 600, 999]], 0, connection_transitions("server"))
+    result = flowmatch.match(truth, flow_events["events"], scored=frozenset({"transitions"}))
+    assert result["sides"]["client"]["exact"] == result["sides"]["server"]["exact"] == 1
+    # under the state filter the client's LAST_ACK->CLOSE is invisible: unscored, not missing
+    tracker = FlowTracker(SIDES, flow_sample=64, timestamp=lambda when: when)
+    for seg in sampled.segments:
+        if state_filter(seg):
+            tracker.feed(seg, 2000)
+    events_ = tracker.result()["flow_events"]["events"]
+    assert flowmatch.match(truth, events_, scored=frozenset({"transitions"}))["sides"]["client"]["missing"] == 1
+    result = flowmatch.match(truth, events_, scored=frozenset({"transitions"}), invisible=["LAST_ACK->CLOSE"])
+    assert result["sides"]["client"]["exact"] == 1 and result["not_scored"] == ["LAST_ACK->CLOSE"]
+
+
+def test_without_a_clock_nothing_is_sampled():
+    tracker = FlowTracker(SIDES, flow_sample=64)
+    for seg in Conn(cport=64 * 600).handshake().segments:
+        tracker.feed(seg)
+    assert "flow_events" not in tracker.result()
