@@ -71,6 +71,14 @@ def test_churn_syn_opens_equal_connections_with_no_drop_and_every_visible_transi
     else:  # and all TCP includes the handshake's ACK and the last ACK of every connection
         assert packets["captured"] >= flagged + 2 * CONNECTIONS
     assert details["snaplen"] == 54
+    # flow by flow on the sampled flows: every visible transition once, in order, at its own time
+    flows = trial["flows"]
+    assert flows["flows"] > 0 and flows["scored"] == ["transitions"] and not flows["unmatched_events"]
+    assert set(flows["not_scored"]) >= {"CLOSE->LISTEN", "LISTEN->CLOSE"}
+    assert ("LAST_ACK->CLOSE" in flows["not_scored"]) == (filter_name == "state")
+    for side in ("client", "server"):
+        assert flows["sides"][side]["exact"] == flows["flows"], (side, flows)
+    assert "flow_events" not in details  # matched, then dropped: the record stays bounded
     if consumer == "tcpdump":  # headers only on tmpfs: a 24-byte file header, 16 + 54 bytes a packet
         assert details["file_bytes"] == 24 + packets["captured"] * (16 + 54)
     assert details["consumer_cpu_s"]["total"] > 0
