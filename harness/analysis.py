@@ -40,7 +40,10 @@ def observer_cpu_s(details: dict[str, Any]) -> float | None:
 # metric name -> (unit, how to read it from a trial); lower is better for all but the rate
 METRICS: dict[str, tuple[str, Callable[[dict[str, Any]], float | None]]] = {
     "rate": ("ops/s", lambda t: t.get("operation_rate")),
-    "cpu_per_op": ("us", lambda t: t["cpu_seconds"]["busy"] * 1e6 / t["operations"] if t["operations"] else None),
+    # CPU: the scheduler's exact task runtime where the trial has it (counters.cpu_seconds_delta),
+    # else /proc/stat's ticks (older records, kernels without cgroup v1 cpuacct)
+    "cpu_per_op": ("us", lambda t: t["cpu_seconds"].get("cpu", t["cpu_seconds"]["busy"]) * 1e6 / t["operations"] if t["operations"] else None),
+    "tick_cpu_per_op": ("us", lambda t: t["cpu_seconds"]["busy"] * 1e6 / t["operations"] if t["operations"] else None),
     "softirq_per_op": ("us", lambda t: t["cpu_seconds"]["softirq"] * 1e6 / t["operations"] if t["operations"] else None),
     "latency_p50": ("us", lambda t: (t.get("latency") or {}).get("p50", 0) / 1e3 or None),
     "latency_p99": ("us", lambda t: (t.get("latency") or {}).get("p99", 0) / 1e3 or None),

@@ -267,9 +267,16 @@ def _header(run: dict[str, Any], analysis: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def exact_cpu(run: dict[str, Any]) -> bool:
+    """Whether this run's CPU is the scheduler's exact task runtime (else /proc/stat's ticks)."""
+    return any("cpu" in (t.get("cpu_seconds") or {}) for c in run["cells"] for t in c.get("trials", []))
+
+
 def _verdict_section(run: dict[str, Any], analysis: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    what = ("the system-wide runtime of all tasks (cgroup v1 cpuacct, exact to the ns; softirq work is "
+            "charged to the task it interrupts) per operation" if exact_cpu(run) else "system-wide busy time per operation")
     out = ["## Verdict", "",
-           "CPU is system-wide busy time per operation over the measured loop; overhead is paired per "
+           f"CPU is {what} over the measured loop; overhead is paired per "
            f"round against the no-observer baseline (median, 95% bootstrap CI). A verdict needs the CI to "
            f"exclude 0 and a half-width of at most {analysis['decide_pp']:g} percentage points of the baseline.", ""]
     if "overhead" in plots:
@@ -511,8 +518,11 @@ def _caveats_section(run: dict[str, Any], analysis: dict[str, Any]) -> list[str]
            "the reported losses could explain for that row; pcap reports dropped packets and sockdiag missed "
            "connections, which are shown but never subtracted from event counts.",
            f"- **Statistics**: {analysis['method']}",
-           "- **CPU** is system-wide (/proc/stat, 10 ms ticks) over the measured loop: anything else running on "
-           "the machine lands in every cell; interleaving spreads it, it does not remove it.",
+           ("- **CPU** is system-wide (the root cpuacct cgroup's task runtime; /proc/stat's tick-sampled busy "
+            "time is kept beside it as tick_cpu_per_op: the two agree at full speed, but ticks alias with paced "
+            "work) over the measured loop: anything else running on "
+            if exact_cpu(run) else "- **CPU** is system-wide (/proc/stat, 10 ms ticks) over the measured loop: anything else running on ")
+           + "the machine lands in every cell; interleaving spreads it, it does not remove it.",
            ]
     if headers.get("kind") == "fallback":
         out.append(f"- **Headers are a fallback** ({headers.get('package_version')}): tracepoint arguments come "

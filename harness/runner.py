@@ -2,7 +2,7 @@
 
 One trial:
     fresh topology -> backend.attach (timed apart: compile/open is not the workload's cost)
-    -> snapshot SNMP counters (both namespaces) and /proc/stat
+    -> snapshot SNMP counters (both namespaces) and CPU time (/proc/stat, cpuacct)
     -> workload.run -> GroundTruth
     -> snapshot again -> attachment.detach -> Observation -> trial record (raw numbers only)
 Trials are interleaved across cells in a rotating order, so slow drift on a noisy machine lands on

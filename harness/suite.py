@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from .backends import BACKENDS
 from .runner import Cell, build_cell
 
-# (workload, its parameters for the suite). CPU time comes from /proc/stat in 10 ms ticks per CPU,
-# so each trial's measured loop must last a second or two for CPU per operation to resolve well.
+# (workload, its parameters for the suite), each about a second of traffic: long enough to average
+# the machine's noise, short enough for five rounds of every cell in the 10-minute budget.
 WORKLOADS: tuple[tuple[str, dict[str, str]], ...] = (
     ("churn", {"connections": "40000"}),  # state changes at the top rate: the tracepoints' case
     ("rr", {"transactions": "30000"}),  # few state changes, many small packets

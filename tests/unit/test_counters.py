@@ -42,3 +42,26 @@ def test_cpu_delta_sums_busy_time_without_idle():
     hz = os.sysconf("SC_CLK_TCK")
     assert seconds["busy"] == round(175 / hz, 4)
     assert seconds["softirq"] == round(25 / hz, 4)
+    assert "task" not in seconds and "cpu" not in seconds  # no cpuacct readings: ticks only
+
+
+def test_cpu_delta_prefers_exact_task_runtime_and_adds_irq_time_only_when_tasks_lack_it(monkeypatch):
+    from harness import counters
+
+    before = dict(user=0, nice=0, system=0, idle=0, iowait=0, irq=0, softirq=0, steal=0, task_ns=10**9)
+    after = dict(before, system=50, softirq=25, task_ns=10**9 + 2_500_000)
+    hz = __import__("os").sysconf("SC_CLK_TCK")
+    monkeypatch.setattr(counters, "_IRQ_TIME", False)  # softirq already charged to tasks
+    assert counters.cpu_seconds_delta(before, after)["cpu"] == 0.0025
+    monkeypatch.setattr(counters, "_IRQ_TIME", True)  # tasks not charged: /proc/stat's exact softirq added
+    seconds = counters.cpu_seconds_delta(before, after)
+    assert seconds["task"] == 0.0025 and seconds["cpu"] == round(0.0025 + 25 / hz, 6)
+
+
+def test_this_machine_reads_task_runtime_when_cpuacct_is_mounted():
+    import os
+
+    from harness import counters
+
+    reading = counters.read_cpu_ticks()
+    assert ("task_ns" in reading) == os.path.exists(counters.CPUACCT_USAGE)
