@@ -116,7 +116,11 @@ def _verdict(diff: Estimate | None, scale: float, decide_pp: float, lower_is_bet
         return "not decided: too few paired trials (need 3 or more)"
     half_pp = diff.half_width / scale * 100 if scale else float("inf")
     if half_pp > decide_pp:
-        return f"not decided: CI half-width {half_pp:.1f} pp > {decide_pp:g} pp, run longer"
+        text = f"not decided: CI half-width {half_pp:.1f} pp > {decide_pp:g} pp, run longer"
+        if not diff.low <= 0 <= diff.high:  # imprecise, but the sign is known: say so, apart
+            higher = diff.low > 0
+            text += f"; direction only: {'above' if higher else 'below'} 0 at {CONFIDENCE:.0%} confidence"
+        return text
     if diff.low <= 0 <= diff.high:
         return "no significant difference"
     worse = diff.low > 0 if lower_is_better else diff.high < 0
@@ -186,6 +190,10 @@ def _comparisons(cells: list[dict[str, Any]], baseline: dict[str, Any] | None, d
                 "costs more": f"{cell_label(b)} is cheaper than {cell_label(a)}",
                 "costs less": f"{cell_label(a)} is cheaper than {cell_label(b)}",
             }.get(verdict, verdict)
+            if verdict.startswith("not decided") and not diff.low <= 0 <= diff.high:
+                cheaper = cell_label(b) if diff.low > 0 else cell_label(a)
+                sentence = sentence.split("; direction only")[0] + (
+                    f"; direction only: {cheaper} is cheaper at {CONFIDENCE:.0%} confidence")
             out.append({"a": cell_label(a), "b": cell_label(b), "metric": "cpu_per_op", "unit": "us",
                         "diff_a_minus_b": diff.to_dict(),
                         "percent_of_baseline": (diff.median / scale * 100) if scale else None,

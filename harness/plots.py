@@ -88,28 +88,39 @@ def _crossing(members: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     crossover is two decided points with opposite winners (undecided points between are kept)."""
     points = []
     for key, entry in members:
-        sign, text = None, "not measured at this point"
+        sign, text, direction = None, "not measured at this point", None
         for c in entry.get("comparisons", []):
             a, b = _setting(c["a"]), _setting(c["b"])
             if {a, b} != {"tracepoint", "pcap"}:
                 continue
             text = c["verdict"]
+            low, high = c["diff_a_minus_b"]["low"], c["diff_a_minus_b"]["high"]
+            if low is not None and not low <= 0 <= high:  # the 95% CI excludes 0, precise or not
+                a_cheaper = high < 0
+                direction = 1 if (a == "tracepoint") == a_cheaper else -1
             if c["verdict"].startswith(f"{key.split('(')[0]}/tracepoint is cheaper"):
                 sign = 1
             elif c["verdict"].startswith(f"{key.split('(')[0]}/pcap is cheaper"):
                 sign = -1
             else:
                 sign = 0
-        points.append({"key": key, "value": entry["params"].get(_param_of(members)), "sign": sign, "verdict": text})
-    decided = [p for p in points if p["sign"] in (1, -1)]
-    crossover = None
-    for left, right in zip(decided, decided[1:]):
-        if left["sign"] != right["sign"]:
-            crossover = {"between": [left["value"], right["value"]],
-                         "cheaper_below": "tracepoint" if left["sign"] == 1 else "pcap",
-                         "cheaper_above": "tracepoint" if right["sign"] == 1 else "pcap"}
-            break
-    return {"points": points, "crossover": crossover}
+        points.append({"key": key, "value": entry["params"].get(_param_of(members)), "sign": sign,
+                       "direction": direction, "verdict": text})
+    # a crossover on decided points, and the same on direction alone (the 95% CI excludes 0, its
+    # half-width not yet within the verdict's bound)
+    crossover, direction_crossover = _first_crossover(points, "sign"), _first_crossover(points, "direction")
+    return {"points": points, "crossover": crossover, "direction_crossover": direction_crossover}
+
+
+def _first_crossover(points: list[dict[str, Any]], field: str) -> dict[str, Any] | None:
+    """The first two neighbouring points (among those with a winner in `field`) with opposite winners."""
+    known = [p for p in points if p[field] in (1, -1)]
+    for left, right in zip(known, known[1:]):
+        if left[field] != right[field]:
+            return {"between": [left["value"], right["value"]],
+                    "cheaper_below": "tracepoint" if left[field] == 1 else "pcap",
+                    "cheaper_above": "tracepoint" if right[field] == 1 else "pcap"}
+    return None
 
 
 def _param_of(members: list[tuple[str, dict[str, Any]]]) -> str | None:

@@ -199,7 +199,18 @@ def _crossover_sentence(sweep: dict[str, Any]) -> str:
                 f"{c['cheaper_below']} is cheaper below, {c['cheaper_above']} above (decided points on each side)")
     signs = [p["sign"] for p in tvp["points"]]
     if not any(s in (1, -1) for s in signs):
-        return "no point decided between tracepoint and pcap (CIs too wide or not measured): no conclusion"
+        directions = [p.get("direction") for p in tvp["points"]]
+        known = [d for d in directions if d in (1, -1)]
+        if not known:
+            return "no point decided between tracepoint and pcap (CIs too wide or not measured): no conclusion"
+        if tvp.get("direction_crossover"):
+            c = tvp["direction_crossover"]
+            where = (f"{c['cheaper_below']} cheaper below {sweep['parameter']}={c['between'][0]}..{c['between'][1]}, "
+                     f"{c['cheaper_above']} above")
+        else:
+            where = f"{'tracepoint' if known[0] == 1 else 'pcap'} cheaper at each of them, no crossover"
+        return (f"no point decided to the verdict's precision; on direction alone (95% CI excludes 0 at "
+                f"{len(known)} of {len(directions)} points): {where}")
     winners = {("tracepoint" if s == 1 else "pcap") for s in signs if s in (1, -1)}
     undecided = sum(1 for s in signs if s not in (1, -1))
     return (f"{winners.pop()} is cheaper at every decided point ({len(signs) - undecided} of {len(signs)}); "

@@ -96,3 +96,16 @@ def test_report_rebuilds_from_run_json_and_refuses_a_corrupt_one(tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not valid JSON" in bad.stderr
     missing = tpbench("report", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "no run record" in missing.stderr
+
+
+def test_an_imprecise_but_significant_difference_says_its_direction_and_stays_undecided():
+    base = [0.100, 0.110, 0.090, 0.105, 0.095]
+    # always dearer than the baseline by 10-40 us: the sign is certain, the size is not within 2 pp
+    dearer = [b + d for b, d in zip(base, (0.010, 0.040, 0.020, 0.035, 0.015))]
+    result = analyse(_run(_cell("none", base), _cell("tracepoint", base), _cell("pcap", dearer)))
+    entry = next(iter(result["workloads"].values()))
+    verdict = entry["cells"]["churn/pcap"]["overhead"]["cpu_per_op"]["verdict"]
+    assert verdict.startswith("not decided") and verdict.endswith("direction only: above 0 at 95% confidence")
+    [comparison] = entry["comparisons"]
+    assert comparison["verdict"].startswith("not decided")
+    assert comparison["verdict"].endswith("direction only: churn/tracepoint is cheaper at 95% confidence")

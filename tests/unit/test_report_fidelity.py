@@ -227,3 +227,19 @@ def test_compare_sets_two_runs_side_by_side(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "compare.md").read_text() == markdown.replace("`a`", f"`{tmp_path / 'ra'}`").replace(
         "`b`", f"`{tmp_path / 'rb'}`")
+
+
+def test_a_sweep_with_no_precise_point_still_reports_the_direction_where_the_ci_excludes_zero(tmp_path):
+    cells = []
+    for rate in (1000, 5000, 10000):
+        params = {"connections": 100, "rate": rate}
+        base = [0.100, 0.110, 0.090, 0.105, 0.095]
+        for backend, extras in (("none", [0.0] * 5), ("tracepoint", [0.0] * 5),
+                                ("pcap", [0.010, 0.040, 0.020, 0.035, 0.015])):
+            cells.append(_cell(backend, [_trial(i, b + e, _perfect(), rate=rate)
+                                         for i, (b, e) in enumerate(zip(base, extras))], params=params))
+    write_json_atomic(tmp_path / "run.json", _run(*cells))
+    write_outputs(tmp_path, load_run(tmp_path))
+    report = (tmp_path / "report.md").read_text()
+    assert ("no point decided to the verdict's precision; on direction alone (95% CI excludes 0 at 3 of 3 "
+            "points): tracepoint cheaper at each of them, no crossover") in report
