@@ -190,7 +190,7 @@ def _comparisons(cells: list[dict[str, Any]], baseline: dict[str, Any] | None, d
                 "costs more": f"{cell_label(b)} is cheaper than {cell_label(a)}",
                 "costs less": f"{cell_label(a)} is cheaper than {cell_label(b)}",
             }.get(verdict, verdict)
-            if verdict.startswith("not decided") and not diff.low <= 0 <= diff.high:
+            if verdict.startswith("not decided") and diff.low is not None and not diff.low <= 0 <= diff.high:
                 cheaper = cell_label(b) if diff.low > 0 else cell_label(a)
                 sentence = sentence.split("; direction only")[0] + (
                     f"; direction only: {cheaper} is cheaper at {CONFIDENCE:.0%} confidence")

@@ -109,3 +109,9 @@ def test_an_imprecise_but_significant_difference_says_its_direction_and_stays_un
     [comparison] = entry["comparisons"]
     assert comparison["verdict"].startswith("not decided")
     assert comparison["verdict"].endswith("direction only: churn/tracepoint is cheaper at 95% confidence")
+
+
+def test_two_paired_trials_compare_as_too_few_without_a_direction():
+    result = analyse(_run(_cell("none", [0.1, 0.11]), _cell("tracepoint", [0.1, 0.11]), _cell("pcap", [0.2, 0.21])))
+    [comparison] = next(iter(result["workloads"].values()))["comparisons"]
+    assert comparison["verdict"] == "not decided: too few paired trials (need 3 or more)"
