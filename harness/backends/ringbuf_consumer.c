@@ -10,7 +10,8 @@
 // a connection whose client port is a multiple of FLOW_SAMPLE is kept (time, side, kind, states,
 // port) in a fixed array, the rest of the flows are only counted. A destroy whose socket's
 // addresses tcp_disconnect() cleared carries port 0: the socket's kernel address, remembered from
-// its earlier events, gives its port back. Both tables are fixed: overflow is counted, never grown.
+// its earlier events, gives its port back (an event that carries no port for another reason is
+// not the flow's as far as its fields say: per-flow matching reports it missing). Both tables are fixed: overflow is counted, never grown.
 //
 // usage: ringbuf_consumer MAP_FD
 #include <bpf/libbpf.h>
@@ -115,7 +116,14 @@ static void sample_flow(const struct event *e)
 			keep(s->pending_ts, port, 0, 0, TCP_CLOSE, TCP_SYN_SENT);
 		s->pending_ts = 0;
 	}
-	if (port == 0) { // a cleared address (or the listener, never remembered)
+	if (port == 0) {
+		// Only a destroy is resolved through the socket's address (tcp_disconnect() cleared it).
+		// Other events with port 0 are the listener's, or (6.1) a passive child's LISTEN->SYN_RECV,
+		// which inet_csk_clone_lock() reports before copying the peer's port: resolving those by
+		// address would meet entries that per-CPU batches deliver late (a socket freed on one CPU,
+		// its memory reused on the other) and charge them to the wrong flow.
+		if (e->kind != KIND_SOCK_DESTROY)
+			return;
 		s = e->sk ? sk_slot(e->sk, 0) : NULL;
 		if (!s || !s->port)
 			return;
