@@ -33,6 +33,9 @@ from typing import Any, Iterable
 FLOW_SAMPLE = 64  # harness/agents/c/churn.c and harness/backends/ringbuf_consumer.c agree
 SIDES = ("client", "server")
 KIND_STATE_CHANGE, KIND_SOCK_DESTROY = 0, 5  # tcp_events.bpf.h
+# the enum of tcp_events.bpf.h, in EVENT_KINDS order (not imported: agents import this module)
+KIND_NAMES = {1: "retransmit", 2: "synack_retransmit", 3: "reset_sent", 4: "reset_received",
+              5: "sock_destroy", 6: "probe"}
 STATE_NAMES = {
     1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
     7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV",
@@ -156,7 +159,7 @@ def match(truth: dict[str, Any], events: Iterable[list[int]], overflow: int = 0,
                 if "exact" not in found and len(result["examples"]) < EXAMPLES:
                     result["examples"].append({
                         "side": side, "port": port, "outcomes": sorted(found),
-                        "events": [_transition(o, n) if k == KIND_STATE_CHANGE else f"kind {k}"
+                        "events": [_transition(o, n) if k == KIND_STATE_CHANGE else KIND_NAMES.get(k, f"kind {k}")
                                    for _, k, o, n in flow_events],
                     })
         result["sides"][side] = {name: outcomes.get(name, 0) for name in OUTCOMES}
