@@ -158,6 +158,7 @@ def run_trial(cell: Cell, run_id: str) -> dict[str, Any]:
         if scored:
             trial["flows"] = flowmatch.match(truth.flows, flow_events["events"], flow_events["overflow"], scored,
                                              flow_events.get("invisible", ()), flow_events.get("clock_tolerance_ns", 0))
+            trial["flows"]["sk_overflow"] = flow_events.get("sk_overflow", 0)  # socket-address table full
     return trial
 
 

@@ -62,7 +62,7 @@ def _check_churn_accounting(trial: dict, connections: int, ftrace_states: int | 
         assert "flows" not in trial
         return
     flows = trial["flows"]
-    assert flows["flows"] > 0 and flows["truth_overflow"] == flows["events_overflow"] == 0
+    assert flows["flows"] > 0 and flows["truth_overflow"] == flows["events_overflow"] == flows["sk_overflow"] == 0
     assert flows["scored"] == ["sock_destroy", "transitions"] and not flows["unmatched_events"]
     for side in ("client", "server"):
         assert flows["sides"][side]["exact"] >= flows["flows"] - state_misses - destroy_misses, (side, flows)
