@@ -5,8 +5,8 @@ also checked flow by flow, on a sample that keeps memory bounded at any rate: th
 client port is a multiple of FLOW_SAMPLE. Both sides sample alike without talking to each other:
   - the workload (harness/agents/c/churn.c) records each sampled connection's port and the
     CLOCK_MONOTONIC time its connect() began: the ground truth, one entry per flow;
-  - the observer (the tracepoint backend's C consumer) keeps every event of those ports, with the
-    kernel's time (bpf_ktime_get_ns: the same clock).
+  - the observer keeps every event of those ports with its time: the BPF backends' C consumer
+    with the kernel's (bpf_ktime_get_ns: the same clock), pcap with the packet's (converted).
 A port is reused over a long run, so an event belongs to the flow on its port that began last
 before it (4-tuple plus time). Events are sorted by time within a flow (per-CPU batches arrive out
 of order), then each flow and side is scored against what one connection declares (the workload's
@@ -20,7 +20,7 @@ per-connection transitions and one sock_destroy):
   unseen       no event at all for that flow and side.
 Events on a sampled port before its first flow began, or on a port the workload never used, are
 `unmatched` (a wrong port, or traffic that is not the workload's). Retransmits, resets and
-tcp_probe are counted per flow but not scored: their number per connection is not declared.
+tcp_probe are not scored: their number per connection is not declared.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ KIND_STATE_CHANGE, KIND_SOCK_DESTROY = 0, 5  # tcp_events.bpf.h
 # the enum of tcp_events.bpf.h, in EVENT_KINDS order (not imported: agents import this module)
 KIND_NAMES = {1: "retransmit", 2: "synack_retransmit", 3: "reset_sent", 4: "reset_received",
               5: "sock_destroy", 6: "probe"}
-STATE_NAMES = {
+STATE_NAMES = {  # include/net/tcp_states.h (this light module holds it: agents import it too)
     1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
     7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV",
 }
@@ -68,13 +68,11 @@ def _transition(old: int, new: int) -> str:
 
 
 def _score(events: list[tuple[int, int, int, int]], declared: dict[str, int],
-           scored: frozenset[str], invisible: frozenset[str] = frozenset()) -> tuple[set[str], Counter]:
-    """events: (ts, kind, old, new) of one flow and side, in time order -> (outcomes, event kinds)."""
+           scored: frozenset[str], invisible: frozenset[str] = frozenset()) -> set[str]:
+    """events: (ts, kind, old, new) of one flow and side, in time order -> its outcomes."""
     seen: Counter = Counter()
-    kinds: Counter = Counter()
     chain_ok, state = True, None
     for _, kind, old, new in events:
-        kinds[kind] += 1
         if kind == KIND_STATE_CHANGE:
             seen[_transition(old, new)] += 1
             if state is not None and old != state:
@@ -90,7 +88,7 @@ def _score(events: list[tuple[int, int, int, int]], declared: dict[str, int],
                     or (name != "sock_destroy" and "transitions" in scored)})
     outcomes = set()
     if not events:
-        return {"unseen"}, kinds
+        return {"unseen"}
     if any(seen[name] < n for name, n in want.items()):
         outcomes.add("missing")
     if any(seen[name] > n for name, n in want.items()):
@@ -99,7 +97,7 @@ def _score(events: list[tuple[int, int, int, int]], declared: dict[str, int],
         outcomes.add("unexpected")
     if not outcomes:
         outcomes.add("exact" if chain_ok else "out_of_order")
-    return outcomes, kinds
+    return outcomes
 
 
 SCORED = frozenset({"transitions", "sock_destroy"})
@@ -132,7 +130,7 @@ def match(truth: dict[str, Any], events: Iterable[list[int]], overflow: int = 0,
         times = starts.get(port)
         index = bisect.bisect_right(times, ts + tolerance_ns) - 1 if times else -1
         if index < 0 or side not in (0, 1):
-            unmatched["state_change" if kind == KIND_STATE_CHANGE else str(kind)] += 1
+            unmatched["state_change" if kind == KIND_STATE_CHANGE else KIND_NAMES.get(kind, str(kind))] += 1
             continue
         sides = per_flow.setdefault((port, index), [[], []])
         sides[side].append((ts, kind, old, new))
@@ -154,7 +152,7 @@ def match(truth: dict[str, Any], events: Iterable[list[int]], overflow: int = 0,
             for index in range(len(times)):
                 # by time; events of one time keep the order they were kept in (stable sort)
                 flow_events = sorted(per_flow.get((port, index), [[], []])[side_index], key=lambda e: e[0])
-                found, _ = _score(flow_events, declared, scored, invisible)
+                found = _score(flow_events, declared, scored, invisible)
                 outcomes.update(found)
                 if "exact" not in found and len(result["examples"]) < EXAMPLES:
                     result["examples"].append({
@@ -190,14 +188,3 @@ def aggregate(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
         out.setdefault(workload_key(cell), {})[cell["label"]] = total
     return out
 
-
-def summary_line(result: dict[str, Any]) -> str:
-    """One line for the report: exact flows per side out of the sampled ones."""
-    n = result["flows"]
-    parts = []
-    for side in SIDES:
-        counts = result["sides"][side]
-        bad = ", ".join(f"{name} {counts[name]}" for name in OUTCOMES[1:] if counts[name])
-        parts.append(f"{side} {counts['exact']}/{n} exact" + (f" ({bad})" if bad else ""))
-    unmatched = sum(result["unmatched_events"].values())
-    return "; ".join(parts) + (f"; {unmatched} unmatched events" if unmatched else "")

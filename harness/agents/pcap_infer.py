@@ -36,6 +36,8 @@ import struct
 from collections import Counter, OrderedDict
 from typing import Any, Callable, Mapping, NamedTuple
 
+from harness.flowmatch import STATE_NAMES
+
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 ETHERTYPE_IPV4, ETHERTYPE_VLAN = 0x0800, 0x8100
 ETHERNET_HEADER_BYTES = 14
@@ -87,8 +89,7 @@ ASSUMPTIONS = (
 
 # Per-flow sampling (harness/flowmatch.py): sides and states as the BPF record numbers them.
 SAMPLED_SIDES = {"client": 0, "server": 1}
-STATE_NUMBERS = {"ESTABLISHED": 1, "SYN_SENT": 2, "SYN_RECV": 3, "FIN_WAIT1": 4, "FIN_WAIT2": 5, "TIME_WAIT": 6,
-                 "CLOSE": 7, "CLOSE_WAIT": 8, "LAST_ACK": 9, "LISTEN": 10, "CLOSING": 11, "NEW_SYN_RECV": 12}
+STATE_NUMBERS = {name: number for number, name in STATE_NAMES.items()}
 MAX_FLOW_EVENTS = 65536
 
 

@@ -65,11 +65,7 @@ HOOKS = {
     "destroy": "tcp:tcp_destroy_sock",
     "probe": "tcp:tcp_probe",
 }
-# include/net/tcp_states.h
-STATE_NAMES = {
-    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
-    7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV",
-}
+STATE_NAMES = flowmatch.STATE_NAMES  # include/net/tcp_states.h
 SIDE_NAMES = (*SIDES, "other")  # "other": the local address is neither of the pair's
 NSTATES = 16
 EVENT_SIZE = 56
