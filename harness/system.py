@@ -5,13 +5,16 @@ Everything lives under /run/tpbench (tmpfs: a reboot forgets it, as it forgets t
   lock                 held (flock) by the one run allowed at a time; holds "pid run-id"
   tracefs-mounted      present while tpbench has mounted tracefs that was not mounted before
   sysctl-<name>        the value a sysctl had before tpbench changed it
+  counter-<run>-<wl>   a live workload's shared operation counter (toggled measurement)
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +24,19 @@ from .errors import UsageError
 
 STATE_DIR = Path(os.environ.get("TPBENCH_STATE_DIR", "/run/tpbench"))
 TRACEFS_PATHS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)  # resolved here: nothing may be imported between fork and exec
+
+
+def die_with_runner() -> None:
+    """preexec_fn of every process tpbench starts: SIGKILL it when the runner dies, even by SIGKILL.
+
+    PR_SET_PDEATHSIG survives execve (nsenter execs the agent: still covered); it fires when the
+    thread that forked the child exits, so processes are started from the runner's main thread."""
+    if _libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        os._exit(126)
 
 
 def require_root(what: str) -> None:
@@ -151,6 +167,9 @@ def restore_leftovers() -> list[str]:
         if (target / "events").is_dir() and unmount_tracefs(target):
             done.append(f"unmounted tracefs at {target} (mounted by a crashed run)")
         marker.unlink()
+    for counter in sorted(STATE_DIR.glob("counter-*")):  # a live workload's operation counter
+        counter.unlink(missing_ok=True)
+        done.append(f"removed {counter}")
     done += remove_stale_tracefs_instances()
     return done
 

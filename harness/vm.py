@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from .errors import UsageError
 from .headers import CACHE_DIR
+from .system import die_with_runner
 
 REPO = Path(__file__).resolve().parent.parent
 QEMU = "qemu-system-x86_64"
@@ -93,7 +94,8 @@ def _vng(image: Path, command: str, rwdir: Path, cpus: int, memory: str, kvm: bo
     with log.open("w") as sink:
         # its own session: one killpg ends vng and the qemu it started
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                                   env=_environment(), start_new_session=True, cwd=REPO)
+                                   env=_environment(), start_new_session=True, cwd=REPO,
+                                   preexec_fn=die_with_runner)
         booted = False
         try:
             while True:

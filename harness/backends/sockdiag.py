@@ -29,6 +29,7 @@ from netns import Topology
 
 from ..kernel import KernelProbe
 from ..params import Param
+from ..system import die_with_runner
 from .base import Availability, Observation
 from .processes import kill, read_line, reap
 from .sockdiag_infer import misses
@@ -62,7 +63,8 @@ class _Pollers:
                 argv = [sys.executable, "-m", "harness.agents.sockdiag_poller",
                         "--interval-ms", repr(self.interval_ms), *keep]
                 self.processes[host.role] = host.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                                       stderr=subprocess.PIPE, start_new_session=True)
+                                                       stderr=subprocess.PIPE, start_new_session=True,
+                                                       preexec_fn=die_with_runner)
             self.ready = {role: self._message(role, START_TIMEOUT_S, "ready") for role in self.processes}
         except BaseException:
             self.close()

@@ -40,7 +40,7 @@ from netns import Topology
 from ..errors import UsageError
 from ..kernel import KernelProbe, probe_tracepoints
 from ..params import Param
-from ..system import tracefs_path
+from ..system import die_with_runner, tracefs_path
 from .base import EVENT_KINDS, Availability, Observation
 from .processes import kill, read_line, reap
 from .tracefs_ring import DEFAULT_LAYOUT, KINDS, native_u32, page_header_layout
@@ -165,7 +165,8 @@ class _Session:
         }
         argv = [sys.executable, "-m", "harness.agents.tracefs_reader", json.dumps(self.config)]
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        start_new_session=True, cwd=Path(__file__).resolve().parents[2])
+                                        start_new_session=True, cwd=Path(__file__).resolve().parents[2],
+                                        preexec_fn=die_with_runner)
         line = read_line(self.process.stdout, START_TIMEOUT_S, "answer from the tracefs reader")
         message = json.loads(line) if line.strip() else None
         if message is None or "error" in message:

@@ -9,6 +9,7 @@ The runner adds the kernel's own counters (nstat) around it.
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 from netns import Host, Topology
 
 from ..params import Param
+from ..system import die_with_runner
 
 
 # Per-side expectation keys (GroundTruth.expected[side]):
@@ -147,6 +149,7 @@ class Agent:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=die_with_runner,
         )
 
     def read_message(self, what: str) -> dict[str, Any]:
@@ -174,12 +177,15 @@ class Agent:
         return result
 
     def wait_result(self, timeout_s: float) -> dict[str, Any]:
-        """Wait for the agent to finish its work by itself, then read its result."""
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise WorkloadError(f"{self.host.role} agent did not finish within {timeout_s:.0f} s") from None
-        return self.finish(5)
+        """Wait for the agent to finish its work by itself, then read its result.
+
+        The result is read as the agent writes it, never after it exits: a result larger than a
+        pipe holds (churn's per-flow sample at 400,000 connections) would block the agent in
+        write() while we waited for its exit, and neither would ever finish."""
+        readable, _, _ = select.select([self.process.stdout], [], [], timeout_s)
+        if not readable:
+            raise WorkloadError(f"{self.host.role} agent did not finish within {timeout_s:.0f} s")
+        return self.finish(30)
 
     def kill(self) -> None:
         if self.process.poll() is None:

@@ -33,6 +33,14 @@ def _wait_for(condition, timeout_s: float = 60.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for init to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def _record(out: Path) -> dict | None:
     runs = list(out.glob("*/run.json"))
     return json.loads(runs[0].read_text()) if runs else None
@@ -48,14 +56,19 @@ def test_sigkill_mid_workload_then_cleanup_removes_every_leftover(tmp_path):
                           what="the run's namespaces")
         # the agents are churning inside them: wait for them rather than for a fixed time
         _wait_for(lambda: all(pids_in_netns(name) for name in found), what="agents inside the namespaces")
+        agents = {pid for name in found for pid in pids_in_netns(name)}
     finally:
         run.kill()
         run.wait()
+    # every agent (and every churn worker it forked) dies with its runner: PR_SET_PDEATHSIG
+    _wait_for(lambda: not any(_alive(pid) for pid in agents), timeout_s=1.0,
+              what=f"the agents {sorted(agents)} to die with their runner")
+    assert not any(pids_in_netns(name) for name in found)
     assert set(leftovers()["namespaces"]) >= found  # SIGKILL gave the run no chance to clean up
     result = tpbench("cleanup", check=True)
     for name in found:
         assert f"removed namespace {name}" in result.stdout, result.stdout
-    assert "killed pids" in result.stdout, result.stdout  # the agents were still running inside
+    assert "killed pids" not in result.stdout, result.stdout  # nothing was left running inside
     assert leftovers() == before, (result.stdout, before)
     again = tpbench("cleanup", check=True).stdout.strip()
     assert again == "nothing of tpbench's found", again
