@@ -24,6 +24,7 @@ examples:
   tpbench run -b none -w churn -p connections=2000 --json
   tpbench run -b none -w churn -p connections=5000,concurrency=4 --trials 5
   tpbench bench                                   the default suite (what `make bench` runs)
+  tpbench toggle -b tracepoint,pcap -w churn      overhead by switching observers on and off
   tpbench list                                    backends, workloads and their parameters
   tpbench cleanup                                 remove what a crashed run left behind
   tpbench vm --kernel /boot/vmlinuz-6.1.0-56-amd64 -- run -b kprobe,tracepoint -w churn
@@ -52,6 +53,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
     return value
 
 
@@ -94,12 +105,43 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a parameter, repeatable or comma-separated")
     add_run_options(run, trials_default=1)
 
+    toggle = commands.add_parser(
+        "toggle",
+        help="overhead by switching observers on and off under one running workload (decided verdicts)",
+        description="Prepare every observer once, run one live workload per -w, and switch the observers "
+        "on and off in short windows in a random balanced order beside two no-observer arms (the "
+        "baseline and its A/A twin). Stops when every headline comparison's 95%% CI is at most 2 "
+        "percentage points wide on each side, or at --max-s.",
+        epilog="examples:\n"
+        "  tpbench toggle -b tracepoint,pcap -w churn\n"
+        "  tpbench toggle -b tracepoint -w churn,rr -p tracepoint.hooks=state+destroy --max-s 60\n"
+        "  tpbench toggle -b pcap -w stream -p filter=full --window 0.5 --json\n"
+        "toggled workloads: churn (C generator), rr, stream; toggled backends: tracepoint,\n"
+        "tracepoint-empty (consumer c or mode=aggregate), pcap (consumer python)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    toggle.add_argument("-b", "--backend", type=_comma_list, required=True, help="comma list of observers")
+    toggle.add_argument("-w", "--workload", type=_comma_list, default=["churn"],
+                        help="comma list of workloads (default: churn)")
+    toggle.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="a parameter, repeatable or comma-separated (as for run)")
+    toggle.add_argument("--window", type=_positive_float, default=1.0, help="measured seconds per window (default 1)")
+    toggle.add_argument("--settle", type=_positive_float, default=0.2,
+                        help="seconds after each switch-on left out of the measurement (default 0.2)")
+    toggle.add_argument("--min-cycles", type=_positive_int, default=8, help="cycles before stopping (default 8)")
+    toggle.add_argument("--max-s", type=_positive_float, default=120.0,
+                        help="cap on each workload's windows, in seconds (default 120)")
+    toggle.add_argument("-o", "--out", type=Path, default=Path("results"),
+                        help="folder that receives <run-id>/run.json (default ./results)")
+    toggle.add_argument("--json", action="store_true", help="print the analysis as JSON on stdout")
+    toggle.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+
     bench = commands.add_parser(
         "bench",
         help="the default suite: every workload under every backend this kernel supports",
-        epilog="examples:\n  tpbench bench                      5 interleaved rounds (what `make bench` runs)\n"
-        "  tpbench bench --profile quick      3 rounds, no warm-up\n"
-        "  tpbench bench --profile thorough   10 rounds plus the churn-rate and stream-size sweeps\n"
+        epilog="examples:\n  tpbench bench                      toggled overhead + fidelity trials (what `make bench` runs)\n"
+        "  tpbench bench --profile quick      toggled churn only (40 s) + fidelity trials\n"
+        "  tpbench bench --profile thorough   both levels, doubled caps, 10 rounds of trials, sweeps\n"
         "  tpbench bench --profile sweeps     the sweeps alone (where does one backend's cost cross another's?)\n"
         "writes results/<run-id>/run.json, analysis.json and benchmark.json (pytest-benchmark format:\n"
         "  pytest-benchmark compare results/*/benchmark.json)",
@@ -255,7 +297,7 @@ def cmd_run(args: argparse.Namespace, workloads: list[str], backends: list[str],
 def cmd_bench(args: argparse.Namespace) -> int:
     from .report import print_verdict, write_outputs
     from .runner import execute
-    from .suite import PROFILES, cells
+    from .suite import PROFILES, cells, toggle_groups
 
     from .record import new_run_id
     from .report import load_run
@@ -263,11 +305,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     profile = PROFILES[args.profile]
     trials = args.trials or profile.trials
     suite = cells(profile)
+    groups = toggle_groups(profile)
     run_id = new_run_id()
     try:
         with _progress_display(args.quiet) as progress:
             record = execute(suite, trials, args.out, progress=progress, strict=False, warmup=profile.warmup,
-                             run_id=run_id, meta={"profile": profile.name,
+                             run_id=run_id, toggle=groups, meta={"profile": profile.name,
                                                   "profile_description": profile.description})
     except Interrupted:
         saved = args.out / run_id
@@ -282,6 +325,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print_verdict(record.data, analysis, sys.stdout)
         print(f"\nrecord: {record.path}\nbenchmark: {record.directory / 'benchmark.json'}")
     return 0
+
+
+def cmd_toggle(args: argparse.Namespace) -> int:
+    from .backends import get_backend
+    from .params import parse_assignments, split_for_plugins
+    from .report import print_verdict, write_outputs
+    from .runner import execute
+    from .toggle import Settings, plan_group
+    from .workloads import get_workload
+
+    plugins = {name: tuple(get_workload(name).params) for name in args.workload}
+    plugins.update({name: tuple(get_backend(name).params) for name in args.backend})
+    routed = split_for_plugins(parse_assignments(args.param), plugins)
+    settings = Settings(window_s=args.window, settle_s=args.settle, min_cycles=args.min_cycles, max_s=args.max_s)
+    groups = [plan_group(w, routed[w], [(b, routed[b]) for b in args.backend], settings) for w in args.workload]
+    with _progress_display(args.quiet) as progress:
+        record = execute([], 1, args.out, progress=progress, toggle=groups, meta={"mode": "toggle"})
+    analysis = write_outputs(record.directory, record.data)
+    if args.json:
+        json.dump({"run_id": record.data["run_id"], "run_json": str(record.path), "headline": analysis["headline"],
+                   "aa": analysis["aa"], "toggle": analysis["toggle"]}, sys.stdout, indent=1)
+        print()
+    else:
+        print_verdict(record.data, analysis, sys.stdout)
+        print(f"\nrecord: {record.path}")
+    failed = [e for e in record.data.get("toggle", []) if e.get("status") != "complete"]
+    return 1 if failed else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -417,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, args.workload, args.backend, strict=True)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command == "toggle":
+            return cmd_toggle(args)
         if args.command == "report":
             return cmd_report(args)
         if args.command == "kernel":

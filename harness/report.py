@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import flowmatch
+from . import flowmatch, toggle_stats
 from .analysis import analyse, workload_key
 from .attribution import attribution
 from .benchjson import benchmark_json
@@ -49,6 +49,9 @@ def full_analysis(run: dict[str, Any]) -> dict[str, Any]:
     result["attribution"] = attribution(run)
     result["flows"] = flowmatch.aggregate(run)
     result["answers"] = {key: tracepoint_vs_pcap(key, entry) for key, entry in result["workloads"].items()}
+    toggled = toggle_stats.analyse(run, result["decide_pp"])
+    result["toggle"] = {"method": toggled["method"], "groups": toggled["groups"]}
+    result["headline"], result["aa"] = toggled["headline"], toggled["aa"]
     return result
 
 
@@ -161,7 +164,59 @@ def _fidelity_summary(cell_fid: dict[str, Any] | None) -> str:
     return "; ".join(parts) or "as declared"
 
 
+OUTCOME_WORDS = {"a_cheaper": "{a} is cheaper", "b_cheaper": "{b} is cheaper",
+                 "no_difference": "no difference beyond the CI", "not_decided": "not decided (CI wider than {pp:g} pp)"}
+
+
+def outcome_sentence(entry: dict[str, Any], decide_pp: float = toggle_stats.DECIDE_PP) -> str:
+    return OUTCOME_WORDS[entry["outcome"]].format(a=entry["a"], b=entry["b"], pp=decide_pp)
+
+
+def _pp(entry: dict[str, Any]) -> str:
+    if entry.get("diff_pct") is None:
+        return "-"
+    low, high = entry["ci_pct"]
+    if low is None:
+        return f"{entry['diff_pct']:+.1f}% (no CI)"
+    return f"{entry['diff_pct']:+.1f}% [{low:+.1f}, {high:+.1f}]"
+
+
+def toggle_lines(analysis: dict[str, Any]) -> list[str]:
+    """The toggled measurement's answer, one screen: per workload the headline and the A/A control."""
+    lines = []
+    for group in analysis.get("toggle", {}).get("groups", []):
+        excluded = sum(group["excluded"].values())
+        lines.append(f"{group['workload']} (toggled, {group['cycles']} cycles, {group['windows']} windows"
+                     f"{f', {excluded} excluded' if excluded else ''}; stop: {group['stop_reason']}; "
+                     f"baseline {group['baseline_cpu_per_op_us']:.3g} us/op)"
+                     + ("" if group["status"] == "complete" else f" -- {group['status'].upper()}, partial"))
+        for h in group["headline"]:
+            lines.append(f"  [{h['level']}] {h['a']} - {h['b']}: {_pp(h)} of the baseline's CPU/op: "
+                         f"{outcome_sentence(h, analysis['decide_pp'])}")
+        for label, row in group["arms"].items():
+            if "overhead" in row:
+                cross = row.get("cross_check")
+                bottom = (f"; bottom-up {cross['bottom_up_us_per_op']:.3g} us/op (kernel {cross['kernel_us_per_op']:.3g}"
+                          f" + consumer {cross['consumer_us_per_op']:.3g}) vs measured {row['overhead']['diff_us']:.3g}"
+                          if cross and row["overhead"]["diff_us"] is not None else "")
+                lines.append(f"  {label} vs none: {_pp(row['overhead'])}{bottom}")
+        aa = group.get("aa")
+        if aa:
+            ok = aa["half_width_pp"] is not None and aa["half_width_pp"] <= analysis["decide_pp"] and abs(aa["diff_pct"]) <= analysis["decide_pp"]
+            lines.append(f"  A/A control (none against none): {_pp(aa)}: {'within' if ok else 'OUTSIDE'} "
+                         f"+-{analysis['decide_pp']:g} pp")
+    return lines
+
+
 def print_verdict(run: dict[str, Any], analysis: dict[str, Any], out: TextIO) -> None:
+    if analysis.get("toggle", {}).get("groups"):
+        print(f"run {run['run_id']} ({run['status']}), kernel {run['kernel']['release']}: "
+              "do tracepoints beat libpcap here? CPU per operation, toggled", file=out)
+        for line in toggle_lines(analysis):
+            print(line, file=out)
+        if not run["cells"]:
+            return
+        print("\nfidelity and trial-based overhead:", file=out)
     print(f"run {run['run_id']} ({run['status']}), kernel {run['kernel']['release']}, "
           f"headers {run['headers']['kind']}, {run['config']['trials']} trials per cell", file=out)
     fid = analysis.get("fidelity", {})
@@ -246,6 +301,7 @@ def _pct_ci(pct: dict[str, Any] | None) -> str:
 def render_markdown(run: dict[str, Any], analysis: dict[str, Any], plots: dict[str, str]) -> str:
     out: list[str] = [f"# tpbench report: run {run['run_id']}", ""]
     out += _header(run, analysis)
+    out += _toggle_section(analysis)
     out += _verdict_section(run, analysis, plots)
     out += _conditions_section(analysis, plots)
     out += _fidelity_section(analysis)
@@ -254,6 +310,38 @@ def render_markdown(run: dict[str, Any], analysis: dict[str, Any], plots: dict[s
     out += _attribution_section(analysis)
     out += _caveats_section(run, analysis)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _toggle_section(analysis: dict[str, Any]) -> list[str]:
+    groups = analysis.get("toggle", {}).get("groups") or []
+    if not groups:
+        return []
+    pp = analysis["decide_pp"]
+    out = ["## Do tracepoints beat libpcap here? (toggled overhead)", "", "```", *toggle_lines(analysis), "```", "",
+           "Each observer was prepared once and switched on and off in short windows under one running "
+           "workload, in a random order per cycle beside the no-observer arm and its A/A twin; cost per "
+           "operation is the machine's CPU (cpuacct) per operation, each observer's own processes charged "
+           "to their own on-period; A - B is paired per cycle, 95% Student-t CI, in percent of the "
+           f"no-observer cost. Decided: half-width <= {pp:g} pp.", ""]
+    for group in groups:
+        rows = []
+        for label, row in group["arms"].items():
+            over = row.get("overhead")
+            rows.append([label, row.get("level") or "-", str(row["windows"]), _n(row.get("rate")),
+                         _n(row.get("cpu_per_op_us")), _pp(over) if over else "baseline",
+                         _n(row.get("events_per_op")), _n(row.get("lost"))])
+        out += [f"### {group['workload']} (toggled)", ""]
+        out += _md_table(["arm", "level", "windows", "rate /s", "CPU µs/op", "vs none [95% CI]", "events/op",
+                          "lost"], rows)
+        cons = group.get("conservation") or {}
+        if cons.get("checked"):
+            leaks = "; ".join(f"{label}: {v['outside_pct']:.1f}% of its CPU outside its on-periods"
+                              for label, v in cons["observer_cpu"].items())
+            out += ["", f"Conservation: windows plus margins = the measurement's CPU within "
+                    f"{cons['windows_plus_margins_error_pct']:.3f}% (measured windows: {cons['windows_share_pct']:.0f}% of "
+                    f"it). {leaks}. Excluded windows: {group['excluded']} ({group['exclusion_rule']})."]
+        out.append("")
+    return out
 
 
 def _header(run: dict[str, Any], analysis: dict[str, Any]) -> list[str]:

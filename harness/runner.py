@@ -31,6 +31,7 @@ from .kernel import KernelProbe, probe
 from .params import Param, resolve, split_for_plugins
 from .record import RunRecord, new_run_id, utc_now
 from .system import require_root, run_lock, tracefs_mounted
+from .toggle import Group, run_groups
 from .workloads import Workload, get_workload
 
 
@@ -93,6 +94,8 @@ def build_cell(workload_name: str, workload_params: dict[str, str], backend_name
 
 def interleaved(cells: list[Cell], trials: int) -> list[tuple[Cell, int]]:
     """(cell, trial index) in rotating order: A B C, B C A, C A B, ..."""
+    if not cells:
+        return []
     order = []
     for trial in range(trials):
         shift = trial % len(cells)
@@ -199,6 +202,7 @@ def execute(
     strict: bool = True,
     warmup: int = 0,
     meta: dict[str, Any] | None = None,
+    toggle: "list[Group] | None" = None,
 ) -> RunRecord:
     """Run every cell `trials` times, interleaved; returns the saved record (also on interrupt).
 
@@ -206,8 +210,11 @@ def execute(
     cell is recorded as unavailable, with the probe's reason, and skipped.
     warmup: untimed trials of each workload's first cell before measuring (caches, page
     allocator, first-compile costs), recorded apart under "warmup".
+    toggle: workloads whose overhead is measured by switching observers on and off (toggle.py),
+    before the trials; their raw windows go to run.json's "toggle".
     """
     require_root("tpbench run")
+    toggle = toggle or []
     if trials < 1:
         raise UsageError("--trials must be >= 1")
     run_id = run_id or new_run_id()
@@ -217,6 +224,16 @@ def execute(
         availability = {cell.label: cell.backend.availability(kernel_probe) for cell in cells}
         refused = [f"{c.backend.name}: {availability[c.label].reason}" for c in cells
                    if not availability[c.label].available]
+        for group in toggle:  # an arm this kernel cannot run is dropped (strict: refused), with its reason
+            keep = []
+            for arm in group.arms:
+                found = arm.backend.availability(kernel_probe)
+                if found.available:
+                    keep.append(arm)
+                else:
+                    refused.append(f"{arm.backend.name}: {found.reason}")
+                    say(None, None, f"skip {group.workload}/{arm.label} (toggled): {found.reason}")
+            group.arms = keep
         if strict and refused:
             raise UsageError(f"backend unavailable on this kernel ({'; '.join(dict.fromkeys(refused))})")
         headers = find_headers()
@@ -259,6 +276,10 @@ def execute(
         record.data["warmup"] = []
         started = time.monotonic()
         try:
+            if toggle:
+                record.data["toggle"] = []
+                run_groups(toggle, record, run_id, lambda message: say(None, None, message))
+                started = time.monotonic()  # the trials' ETA counts the trials only
             for number, cell in enumerate(warmups, 1):
                 say(0, len(schedule), f"warm-up {number}/{len(warmups)}: {cell.label}")
                 try:

@@ -1,9 +1,13 @@
 """The default suite `tpbench bench` (and `make bench`) runs, and its profiles.
 
-Each workload is sized for about one second of traffic at this machine's rates, so one round of
-every cell takes ~2-3 s with namespace set-up and BPF compilation; the profiles trade rounds (and
-with them confidence-interval width) against time. Every registered backend is measured, the
-baseline first; those this kernel cannot run are recorded with the probe's reason.
+Two measurements, each for what it does best:
+- overhead, toggled (harness/toggle.py): per workload one live workload with the observers of the
+  headline switched on and off in short windows beside the no-observer arm and its A/A twin,
+  until the headline comparisons are decided or the workload's time cap;
+- fidelity and visibility, trials (harness/runner.py): every registered backend on every
+  workload in fresh namespaces, counted against the generators and the kernel's counters. Those
+  this kernel cannot run are recorded with the probe's reason.
+The profiles trade time for precision; the default fits 10 minutes on a 2-vCPU machine.
 """
 
 from __future__ import annotations
@@ -32,6 +36,28 @@ CHURN_RATES = ("2000", "5000", "10000", "20000", "0")  # connections/s; 0 = as f
 STREAM_MESSAGES = ("1024", "8192", "65536", "131072")  # bytes per send(): throughput rises with it
 
 
+# The toggled headline: per workload, (its live parameters, seconds cap on its windows). Churn, the
+# tracepoints' case, gets most of the time: its comparison is the one the headline must decide.
+TOGGLED: tuple[tuple[str, dict[str, str], float], ...] = (
+    ("churn", {}, 210.0),
+    ("rr", {}, 60.0),
+    ("stream", {}, 60.0),
+)
+# The arms, level-matched (toggle_stats.level_of): `state` is what tcpstates/tcplife need against
+# a SYN/FIN/RST capture; `full`, every hook including per-segment tcp_probe against every header.
+TOGGLED_ARMS = {
+    "state": (("tracepoint", {"hooks": "state+destroy"}), ("pcap", {"filter": "state"})),
+    "full": (("tracepoint", {"hooks": "all"}), ("pcap", {"filter": "full"})),
+}
+# Fidelity trials beside the toggled measurement: short, one round each.
+FIDELITY_WORKLOADS: tuple[tuple[str, dict[str, str]], ...] = (
+    ("churn", {"connections": "10000"}),
+    ("rr", {"transactions": "10000"}),
+    ("stream", {"duration": "0.5"}),
+    ("resets", {"aborts": "3000", "refused": "3000"}),
+)
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -39,16 +65,37 @@ class Profile:
     warmup: int
     sweeps: bool
     description: str
-    suite: bool = True  # the main suite (every workload x backend); False: the sweeps alone
+    suite: bool = True  # the trial suite (every workload x backend); False: the sweeps alone
+    toggle_scale: float = 0.0  # the toggled workloads' time caps times this (0: no toggling)
+    levels: tuple[str, ...] = ("state",)
+    fidelity_only: bool = False  # the trial suite as short fidelity trials (FIDELITY_WORKLOADS)
 
 
 PROFILES = {
-    "quick": Profile("quick", 3, 0, False, "3 rounds, no warm-up: a smoke run (wide intervals)"),
-    "default": Profile("default", 5, 1, False, "5 rounds after a warm-up: what `make bench` runs"),
-    "thorough": Profile("thorough", 10, 1, True, "10 rounds, plus the churn-rate and stream-size sweeps"),
+    "quick": Profile("quick", 1, 0, False, "toggled churn for up to 40 s, one round of fidelity trials: a smoke run",
+                     toggle_scale=1 / 6, fidelity_only=True),
+    "default": Profile("default", 1, 0, False, "toggled overhead (churn up to 210 s, rr and stream up to 60 s), "
+                       "then one round of short fidelity trials: what `make bench` runs (~10 minutes)",
+                       toggle_scale=1.0, fidelity_only=True),
+    "thorough": Profile("thorough", 10, 1, True, "toggled overhead at both levels with doubled caps, 10 rounds of "
+                        "trials, the churn-rate and stream-size sweeps", toggle_scale=2.0, levels=("state", "full")),
     "sweeps": Profile("sweeps", 5, 1, True, "the churn-rate and stream-size sweeps alone, 5 rounds",
                       suite=False),
 }
+
+
+def toggle_groups(profile: Profile) -> list["Group"]:
+    from .toggle import Settings, plan_group
+
+    if not profile.toggle_scale:
+        return []
+    observers = [arm for level in profile.levels for arm in TOGGLED_ARMS[level]]
+    groups = []
+    for workload, params, cap_s in TOGGLED:
+        if profile.name == "quick" and workload != "churn":
+            continue
+        groups.append(plan_group(workload, params, observers, Settings(max_s=cap_s * profile.toggle_scale)))
+    return groups
 
 
 # Measured, not observers: in the thorough profile only (the default must fit in 10 minutes here).
@@ -67,7 +114,9 @@ def backend_settings(profile: "Profile | None" = None) -> list[tuple[str, dict[s
 
 def cells(profile: Profile) -> list[Cell]:
     out = []
-    if profile.suite:
+    if profile.suite and profile.fidelity_only:  # every backend once, for fidelity and visibility
+        out += [build_cell(w, wp, b, {}) for w, wp in FIDELITY_WORKLOADS for b in BACKENDS if b not in FLOORS]
+    elif profile.suite:
         out += [build_cell(w, wp, b, bp) for w, wp in WORKLOADS for b, bp in backend_settings(profile)]
     if profile.sweeps:
         for rate in CHURN_RATES:

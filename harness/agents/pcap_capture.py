@@ -18,6 +18,14 @@ Protocol (JSON lines on stdout):
   {"result": {...}}                          inference, packet counts and pcap_stats()
 On a capture that cannot open (no such interface, a bad filter, no permission):
   {"error": "one line"} and exit status 2.
+
+Switched mode (--switched, the toggled measurement, harness/toggle.py): ready with no capture
+open; then each "on" line opens the capture (a packet socket, its ring and filter) and answers
+{"on": true}; each "off" line reads what the ring holds (until every packet the kernel counted was
+read or dropped), closes the handle (the socket is gone: no tap left on the interface to cost
+anything) and answers {"off": true, "captured": n, "received": n, "dropped": n} for that on-period;
+stdin closing ends the agent. Packets are decoded as in a trial; no inference is kept (the
+toggled windows measure cost, the trials measure fidelity).
 """
 
 from __future__ import annotations
@@ -148,6 +156,75 @@ def run(args: argparse.Namespace) -> int:
         reader.close()
 
 
+def run_switched(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import pcapy
+
+    sides = dict(item.split("=", 1) for item in args.side)
+    tracker = FlowTracker(sides, flow_sample=0, timestamp=lambda header: 0)
+    counts = {"captured": 0, "not_tcp": 0, "truncated": 0}
+
+    def on_packet(header, data):
+        counts["captured"] += 1
+        segment = decode_ethernet(data, header.getlen())
+        if segment.__class__ is str:
+            counts[segment] += 1
+        else:
+            tracker.feed(segment, header)
+
+    reader = None
+    emit({"ready": True, "pid": os.getpid(), "cpu_s": cpu_seconds(), "libpcap": libpcap_version(pcapy)})
+    pending = b""
+    try:
+        while True:
+            watched = [0] if reader is None else [0, reader.getfd()]
+            readable, _, _ = select.select(watched, [], [], 0.05 if reader is not None else None)
+            if reader is not None:
+                while reader.dispatch(-1, on_packet) > 0:
+                    pass
+            if 0 not in readable:
+                continue
+            chunk = os.read(0, 4096)
+            if not chunk:
+                return 0
+            pending += chunk
+            while b"\n" in pending:
+                command, pending = pending.split(b"\n", 1)
+                if command == b"on" and reader is None:
+                    counts.update(captured=0, not_tcp=0, truncated=0)
+                    try:
+                        reader = open_capture(pcapy, args.interface, args.expression, args.snaplen,
+                                              args.buffer_bytes, args.timeout_ms)
+                    except Exception as exc:
+                        emit({"error": " ".join(str(exc).split()) or type(exc).__name__})
+                        return EXIT_CAPTURE_FAILED
+                    emit({"on": True})
+                elif command == b"off" and reader is not None:
+                    # read everything the on-period queued (a consumer behind works through its
+                    # backlog here, so its whole cost is charged to this on-period; a block reaches us
+                    # when its retire timer fires), then close
+                    # Done when every packet the kernel counted was read or dropped, or when the ring
+                    # has been quiet for longer than a block's retire timeout (the kernel's count can
+                    # include a packet no block will ever hand over: seen in trials, "undrained 1").
+                    began = last_packet = time.monotonic()
+                    quiet_s = 2 * args.timeout_ms / 1000 + 0.1
+                    while True:
+                        select.select([reader.getfd()], [], [], args.timeout_ms / 1000)
+                        while reader.dispatch(-1, on_packet) > 0:
+                            last_packet = time.monotonic()
+                        received, dropped, _ = reader.stats()
+                        now = time.monotonic()
+                        if (counts["captured"] + dropped >= received or now - last_packet > quiet_s
+                                or now - began > MAX_DRAIN_S):
+                            break
+                    reader.close()
+                    reader = None
+                    emit({"off": True, **counts, "received": received, "dropped": dropped})
+    finally:
+        if reader is not None:
+            reader.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pcap_capture", description=__doc__.split("\n\n")[0])
     parser.add_argument("--interface", required=True)
@@ -156,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--buffer-bytes", type=int, required=True)
     parser.add_argument("--timeout-ms", type=int, required=True)
     parser.add_argument("--side", action="append", default=[], metavar="ADDRESS=NAME")
-    return run(parser.parse_args(argv))
+    parser.add_argument("--switched", action="store_true", help="open and close on 'on'/'off' lines")
+    args = parser.parse_args(argv)
+    return run_switched(args) if args.switched else run(args)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ client: open CONNECTIONS connections, then run TRANSACTIONS request/response rou
         process). After its last response a connection is closed (nothing unread: a FIN).
         Reports transactions done, the loop's wall time (first request to last response), a log2
         histogram of transaction latency, and /proc/stat CPU ticks around the loop.
+        Live mode (--transactions 0): transactions go on until the harness closes stdin; each one
+        done is published in --counter (harness/workloads/live.py).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 from collections import Counter
 
 from harness.counters import read_cpu_ticks
-from harness.agents.common import emit, traffic_parser
+from harness.agents.common import emit, open_counter, traffic_parser
 
 
 class _Conn:
@@ -112,8 +114,11 @@ def serve(address: str, port: int, connections: int, request: int, response: int
           "pid": os.getpid(), "stopped_early": closed < connections})
 
 
-def client(address: str, port: int, connections: int, transactions: int, request: int, response: int) -> None:
+def client(address: str, port: int, connections: int, transactions: int, request: int, response: int,
+           counter_path: str | None = None) -> None:
     selector = selectors.DefaultSelector()
+    counter = open_counter(counter_path)
+    live = transactions == 0
     conns = []
     failures: Counter = Counter()
     for _ in range(connections):
@@ -132,7 +137,9 @@ def client(address: str, port: int, connections: int, transactions: int, request
     emit({"ready": True, "pid": os.getpid(), "connections": len(conns)})
     cpu_before = read_cpu_ticks()
     begin = time.monotonic_ns()
-    to_start, done, open_conns = transactions, 0, len(conns)
+    to_start, done, open_conns = (-1 if live else transactions), 0, len(conns)
+    if live:  # the stop signal: stdin closes
+        selector.register(sys.stdin.fileno(), selectors.EVENT_READ, "stdin")
 
     def start(conn: _Conn) -> None:
         nonlocal to_start
@@ -158,6 +165,11 @@ def client(address: str, port: int, connections: int, transactions: int, request
     while open_conns:
         for key, events in selector.select():
             conn = key.data
+            if conn == "stdin":
+                if not os.read(key.fd, 4096):
+                    selector.unregister(key.fd)
+                    to_start = 0  # finish the transactions under way, then close
+                continue
             if events & selectors.EVENT_WRITE:
                 _flush(selector, conn)
             if not events & selectors.EVENT_READ:
@@ -177,6 +189,8 @@ def client(address: str, port: int, connections: int, transactions: int, request
             if conn.expecting > 0:
                 continue
             done += 1
+            if counter is not None:
+                counter[0] = done
             histogram[(time.monotonic_ns() - conn.started_ns).bit_length()] += 1
             if to_start:
                 start(conn)
@@ -201,11 +215,13 @@ def main() -> None:
     parser.add_argument("--transactions", type=int, default=0)
     parser.add_argument("--request", type=int, required=True)
     parser.add_argument("--response", type=int, required=True)
+    parser.add_argument("--counter", help="live operation counter file (harness/workloads/live.py)")
     args = parser.parse_args()
     if args.role == "server":
         serve(args.address, args.port, args.connections, args.request, args.response)
     else:
-        client(args.address, args.port, args.connections, args.transactions, args.request, args.response)
+        client(args.address, args.port, args.connections, args.transactions, args.request, args.response,
+               args.counter)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ client: connect, send MESSAGE-byte messages until BYTES are sent or DURATION sec
         covers delivery, not just the copy into the send buffer), close. Reports bytes sent,
         messages, the loop's wall time, a log2 histogram of per-message send latency and
         /proc/stat CPU ticks around the loop.
+        Live mode (--live): send until the harness closes stdin; bytes sent are published in
+        --counter (harness/workloads/live.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 from collections import Counter
 
 from harness.counters import read_cpu_ticks
-from harness.agents.common import emit, traffic_parser
+from harness.agents.common import emit, open_counter, stdin_closed, traffic_parser
 
 
 def serve(address: str, port: int) -> None:
@@ -43,7 +45,9 @@ def serve(address: str, port: int) -> None:
     emit({"received": received, "receive_ns": end_ns - (first_ns or end_ns), "pid": os.getpid()})
 
 
-def client(address: str, port: int, total: int, duration_s: float, message: int) -> None:
+def client(address: str, port: int, total: int, duration_s: float, message: int, live: bool = False,
+           counter_path: str | None = None) -> None:
+    counter = open_counter(counter_path)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.connect((address, port))
     payload = memoryview(b"d" * message)
@@ -56,7 +60,11 @@ def client(address: str, port: int, total: int, duration_s: float, message: int)
     send = sock.sendall
     clock = time.monotonic_ns
     while True:
-        if deadline is None:
+        if live:
+            chunk = payload
+            if messages % 16 == 0 and stdin_closed():  # one select() per 16 messages
+                break
+        elif deadline is None:
             left = total - sent
             if left <= 0:
                 break
@@ -69,6 +77,8 @@ def client(address: str, port: int, total: int, duration_s: float, message: int)
         histogram[(t1 - t0).bit_length()] += 1
         sent += len(chunk)
         messages += 1
+        if counter is not None:
+            counter[0] = sent
         if deadline is not None and t1 >= deadline:
             break
     sock.shutdown(socket.SHUT_WR)
@@ -91,11 +101,13 @@ def main() -> None:
     parser.add_argument("--bytes", type=int, default=0)
     parser.add_argument("--duration", type=float, default=0.0)
     parser.add_argument("--message", type=int, default=131072)
+    parser.add_argument("--live", action="store_true", help="send until stdin closes")
+    parser.add_argument("--counter", help="live operation counter file (harness/workloads/live.py)")
     args = parser.parse_args()
     if args.role == "server":
         serve(args.address, args.port)
     else:
-        client(args.address, args.port, args.bytes, args.duration, args.message)
+        client(args.address, args.port, args.bytes, args.duration, args.message, args.live, args.counter)
 
 
 if __name__ == "__main__":

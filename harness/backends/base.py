@@ -5,6 +5,8 @@
     attach(topology, params) -> Attachment   load programs / open captures (timed apart)
     Attachment.detach() -> Observation    stop observing, return what was seen and what it cost
     Attachment.close()                    release everything without results (error paths)
+    prepare(topology, params) -> Switch   optional: prepared once, switched on and off under one
+                                          running workload (the toggled measurement, harness/toggle.py)
 
 The baseline ("no observer") is a backend like the others, measured the same way.
 """
@@ -77,3 +79,26 @@ class Backend(Protocol):
     def availability(self, probe: KernelProbe) -> Availability: ...
 
     def attach(self, topology: Topology, params: dict[str, Any]) -> Attachment: ...
+
+
+class Switch(Protocol):
+    """An observer prepared once (compiled, loaded, consumer running) and switched on and off.
+
+    "Off" must cost what no observer costs: BPF links detached (programs stay loaded), a capture's
+    packet socket closed, so nothing of the observer runs per packet or per event while off.
+    """
+
+    def on(self) -> None: ...
+
+    def off(self) -> dict[str, Any]:
+        """Switch off, after the consumer has what the on-period produced; returns that period's
+        counts: {"events": n, "lost": n or None, ...} (raw, backend-specific extras allowed)."""
+        ...
+
+    def tasks(self) -> list[int]:
+        """Processes whose CPU is this observer's own (its consumers), to attribute by process."""
+        ...
+
+    def close(self) -> dict[str, Any]:
+        """Release everything; returns the observer's final details for the record."""
+        ...

@@ -18,6 +18,20 @@ class _Nothing:
         pass
 
 
+class _NothingSwitched:
+    def on(self) -> None:
+        pass
+
+    def off(self) -> dict[str, Any]:
+        return {"events": 0, "lost": 0}
+
+    def tasks(self) -> list[int]:
+        return []
+
+    def close(self) -> dict[str, Any]:
+        return {}
+
+
 class NoneBackend:
     name = "none"
     description = "no observer: the baseline every overhead is measured against"
@@ -29,3 +43,6 @@ class NoneBackend:
 
     def attach(self, topology: Topology, params: dict[str, Any]) -> _Nothing:
         return _Nothing()
+
+    def prepare(self, topology: Topology, params: dict[str, Any]) -> _NothingSwitched:
+        return _NothingSwitched()

@@ -54,6 +54,7 @@ from ..flowmatch import FLOW_SAMPLE
 from ..errors import UsageError
 from ..kernel import KernelProbe
 from ..params import Param
+from ..system import die_with_runner
 from .processes import kill, process_cpu_s, read_line, reap
 from .base import EVENT_KINDS, SIDES, Availability, Observation
 
@@ -149,7 +150,8 @@ class _PythonCapture:
         try:
             # its own session: a terminal's SIGINT goes to the runner, which stops the agent itself
             self.process = host.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, start_new_session=True)
+                                      stderr=subprocess.PIPE, start_new_session=True,
+                                      preexec_fn=die_with_runner)
             line = _read_line(self.process.stdout, START_TIMEOUT_S, "answer from the capture agent")
             message = json.loads(line) if line.strip() else None
             if message is None or "error" in message:
@@ -193,6 +195,62 @@ class _PythonCapture:
         kill(self.process)
 
 
+class _SwitchedCapture:
+    """The Python capture agent in switched mode: its packet socket exists only while on."""
+
+    def __init__(self, host: Host, config: dict[str, Any]):
+        self.config = config
+        self.process: subprocess.Popen | None = None
+        argv = [
+            sys.executable, "-m", "harness.agents.pcap_capture", "--switched",
+            "--interface", config["interface"], "--expression", config["expression"],
+            "--snaplen", str(config["snaplen"]), "--buffer-bytes", str(config["buffer_bytes"]),
+            "--timeout-ms", str(config["timeout_ms"]),
+            *[arg for address, side in config["sides"].items() for arg in ("--side", f"{address}={side}")],
+        ]
+        try:
+            self.process = host.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, start_new_session=True, preexec_fn=die_with_runner)
+            self.ready = self._answer("ready")
+        except BaseException:
+            kill(self.process)
+            raise
+
+    def _answer(self, key: str, timeout_s: float = START_TIMEOUT_S) -> dict[str, Any]:
+        line = _read_line(self.process.stdout, timeout_s, f"{key} from the capture agent")
+        message = json.loads(line) if line.strip() else {"error": "the capture agent exited"}
+        if key not in message:
+            raise CaptureError(message.get("error", f"unexpected answer {message}"))
+        return message
+
+    def _say(self, command: str) -> None:
+        self.process.stdin.write(command.encode() + b"\n")
+        self.process.stdin.flush()
+
+    def on(self) -> None:
+        self._say("on")
+        self._answer("on")
+
+    def off(self) -> dict[str, Any]:
+        self._say("off")
+        answer = self._answer("off", RESULT_TIMEOUT_S)  # after the agent has read its whole backlog
+        return {"events": answer["captured"], "lost": answer["dropped"], "received": answer["received"]}
+
+    def tasks(self) -> list[int]:
+        return [self.process.pid]
+
+    def close(self) -> dict[str, Any]:
+        try:
+            self.process.stdin.close()
+            cpu = reap(self.process, 10)
+        except subprocess.TimeoutExpired:
+            cpu = {"error": "the capture agent did not exit within 10 s of its stop: killed"}
+        finally:
+            kill(self.process)
+        return {**{k: v for k, v in self.config.items() if k != "sides"}, "library": f"pcapy-ng with {self.ready['libpcap']}",
+                "consumer_cpu_s": cpu}
+
+
 class _TcpdumpCapture:
     """tcpdump -w to tmpfs in the server's namespace; the file is read after it exits."""
 
@@ -215,7 +273,8 @@ class _TcpdumpCapture:
                 "-w", str(self.path), "--", config["expression"],
             ]
             self.process = host.popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, start_new_session=True)
+                                      stderr=subprocess.PIPE, start_new_session=True,
+                                      preexec_fn=die_with_runner)
             self.started_cpu_s = None
             # tcpdump says "listening on ..." once the handle is active and the filter attached
             while True:
@@ -374,6 +433,16 @@ class PcapBackend:
 
     def attach(self, topology: Topology, params: dict[str, Any]) -> _PythonCapture | _TcpdumpCapture:
         return start_capture(topology.server, {**capture_config(topology.server, params), "sides": sides_of(topology)})
+
+    def prepare(self, topology: Topology, params: dict[str, Any]) -> _SwitchedCapture:
+        if params["consumer"] != "python":
+            raise UsageError("pcap: the toggled measurement needs consumer=python (a live consumer): tcpdump "
+                             "writes a file that is parsed after the capture")
+        try:
+            return _SwitchedCapture(topology.server, {**capture_config(topology.server, params),
+                                                      "sides": sides_of(topology)})
+        except CaptureError as exc:
+            raise UsageError(f"pcap: {exc}") from None
 
 
 def capture_config(host: Host, params: dict[str, Any]) -> dict[str, Any]:

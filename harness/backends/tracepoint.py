@@ -48,7 +48,7 @@ from ..errors import UsageError
 from ..headers import CACHE_DIR, find_headers
 from ..kernel import KernelProbe, probe_ringbuf, probe_tracepoints
 from ..params import Param, names_check, parse_names
-from ..system import sysctl_set
+from ..system import die_with_runner, sysctl_set
 from .tracefs_ring import native_u32
 from .base import EVENT_KINDS, SIDES, Availability, Observation
 
@@ -254,7 +254,7 @@ class _CConsumer:
         fd = bpf["events"].map_fd
         self.process = subprocess.Popen([str(consumer_binary()), str(fd)], pass_fds=(fd,),
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
+                                        stderr=subprocess.PIPE, text=True, preexec_fn=die_with_runner)
         ready = self.process.stdout.readline()
         if not ready:
             error = self.process.stderr.read().strip()
@@ -531,6 +531,68 @@ def _add(observation: Observation, side: str, table: str, name: str, n: int) -> 
     per_side[name] = per_side.get(name, 0) + n
 
 
+class _TracepointSwitch:
+    """The session compiled and loaded once, its tracepoint links made and closed per on-period.
+
+    Off: every perf-event link is closed (bcc's detach_tracepoint), so the tracepoints have no
+    program and cost what they cost untraced; the programs, maps, ring buffer and consumer stay.
+    Events per on-period are the programs' own run counts (bpf_stats); lost ones are the kernel's
+    recursion misses (6.7+) plus ring-buffer reserve failures."""
+
+    def __init__(self, backend: "TracepointBackend", topology: Topology, params: dict[str, Any]):
+        self.session = _Session(backend, topology, params)
+        try:
+            self.links = {tp: b"tracepoint__" + tp.replace(b":", b"__") for tp in self.session.bpf.tracepoint_fds}
+            if not self.links:
+                raise BackendError("nothing to switch: the programs attached no tracepoint")
+            self._links_off()
+            self.totals = self._totals()
+        except BaseException:
+            self.session.close()
+            raise
+
+    def _links_off(self) -> None:
+        for tp in list(self.session.bpf.tracepoint_fds):
+            self.session.bpf.detach_tracepoint(tp)
+
+    def _totals(self) -> dict[str, int]:
+        totals = {"run_cnt": 0, "run_time_ns": 0, "recursion_misses": 0}
+        for fd in self.session.programs.values():
+            for key, value in _read_prog_stats(fd).items():
+                totals[key] += value
+        totals["lost_output"] = self.session._percpu_sums("lost", 1)[0] if self.session.mode == "stream" else 0
+        return totals
+
+    def on(self) -> None:
+        # runs since the last switch-off: must stay 0 ("off" means no program runs)
+        self.runs_while_off = self._totals()["run_cnt"] - self.totals["run_cnt"]
+        for tp, fn in self.links.items():
+            self.session.bpf.attach_tracepoint(tp=tp, fn_name=fn)
+
+    def off(self) -> dict[str, Any]:
+        self._links_off()
+        totals = self._totals()
+        delta = {key: totals[key] - self.totals[key] for key in totals}
+        self.totals = totals
+        empty = self.session.empty
+        return {"events": delta["run_cnt"], "run_time_ns": delta["run_time_ns"],
+                "lost": delta["lost_output"] + (0 if empty else delta["recursion_misses"]),
+                "recursion_misses": delta["recursion_misses"], "lost_output": delta["lost_output"],
+                "runs_while_off": self.runs_while_off}
+
+    def tasks(self) -> list[int]:
+        consumer = self.session.consumer
+        return [consumer.process.pid] if isinstance(consumer, _CConsumer) else []
+
+    def close(self) -> dict[str, Any]:
+        observation = self.session.detach()
+        details = observation.details
+        return {"mode": details["mode"], "hooks_attached": details["hooks_attached"],
+                "consumer": details.get("consumer"), "consumer_cpu_s": details.get("consumer_cpu_s"),
+                "consumer_max_rss_kib": details.get("consumer_max_rss_kib"), "lost": observation.lost,
+                "events": sum(observation.events.values())}
+
+
 class TracepointBackend:
     hooks = tuple(HOOKS.values())
 
@@ -588,3 +650,10 @@ class TracepointBackend:
 
     def attach(self, topology: Topology, params: dict[str, Any]) -> _Session:
         return _Session(self, topology, params)
+
+    def prepare(self, topology: Topology, params: dict[str, Any]) -> _TracepointSwitch:
+        if not self.empty and params["mode"] == "stream" and params["consumer"] == "python":
+            # bcc's callbacks run in a thread of this process, whose CPU cannot be told apart here
+            raise UsageError("tracepoint: the toggled measurement needs consumer=c (or auto) or mode=aggregate: "
+                             "the Python consumer runs inside tpbench, where its CPU cannot be attributed")
+        return _TracepointSwitch(self, topology, params)

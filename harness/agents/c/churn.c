@@ -14,19 +14,30 @@
  *         "flows"}: flows is the per-flow ground truth for a sample of the connections, those whose
  *         client port is a multiple of FLOW_SAMPLE ([port, CLOCK_MONOTONIC ns at connect()], at most
  *         FLOW_SLOTS per worker, the rest counted in "flows_overflow"), for harness/flowmatch.py.
+ *
+ * Live mode (--count 0 on both sides): no end of its own; the client's workers connect until the
+ * harness closes the client's stdin (harness/workloads/live.py, the toggled measurement).
+ * --counter FILE: each worker adds every finished connection to its own 64-bit slot of FILE
+ *         (mmap'd, one cache line per worker so the workers never share a line): the harness reads
+ *         the live operation count without a syscall into this process or a process per sample.
+ * Every process sets PR_SET_PDEATHSIG: a worker dies with its client, an agent with its runner,
+ * even when the runner is SIGKILLed (no generator may outlive its run and skew the next one).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -77,7 +88,15 @@ static void cpu_ticks(char *out, size_t size) {
 }
 
 static struct sockaddr_in target;
-static long count, size;
+static long count, size; /* count 0: live mode, until stdin closes */
+static const char *counter_path;
+#define COUNTER_STRIDE 8 /* uint64 slots per worker: one 64-byte cache line each */
+
+/* Die with the parent (the runner, or the client for a worker), including the race where it died
+ * before the prctl: then the parent is already someone else. */
+static void die_with_parent(pid_t parent) {
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(1);
+}
 static int closer_is_client, concurrency = 1;
 static double rate;
 
@@ -123,7 +142,8 @@ static int serve(void) {
     printf("{\"ready\": true, \"pid\": %d}\n", getpid());
     fflush(stdout);
     struct epoll_event events[256];
-    while (closed < count && !stop) {
+    long limit = count ? count : LONG_MAX;
+    while (closed < limit && !stop) {
         int n = epoll_wait(ep, events, 256, -1);
         if (n < 0 && errno == EINTR) continue;
         for (int i = 0; i < n; i++) {
@@ -133,7 +153,7 @@ static int serve(void) {
                 continue;
             }
             if (fd == listener) {
-                while (accepted < count) {
+                while (accepted < limit) {
                     int c = accept4(listener, NULL, NULL, 0);
                     if (c < 0) break;
                     accepted++;
@@ -192,7 +212,7 @@ static int serve(void) {
         printf("%s\"%s\": %ld", sep, name, errors[e]);
         sep = ", ";
     }
-    printf("}, \"pid\": %d, \"stopped_early\": %s}\n", getpid(), closed < count ? "true" : "false");
+    printf("}, \"pid\": %d, \"stopped_early\": %s}\n", getpid(), count && closed < count ? "true" : "false");
     return 0;
 }
 
@@ -213,7 +233,8 @@ struct report {
     long histogram[BUCKETS];
 };
 
-static void worker(struct report *r, long share, uint64_t interval_ns, int start_fd) {
+static void worker(struct report *r, long share, uint64_t interval_ns, int start_fd, volatile int *stop,
+                   volatile uint64_t *counter) {
     char *request = malloc(size ? (size_t)size : 1);
     memset(request, 'q', size ? (size_t)size : 1);
     static char buf[65536];
@@ -221,7 +242,7 @@ static void worker(struct report *r, long share, uint64_t interval_ns, int start
     (void)read(start_fd, buf, 1); /* EOF when the parent closes its end: the start signal */
     uint64_t begin = now_ns();
     r->begin_ns = begin;
-    for (long i = 0; i < share; i++) {
+    for (long i = 0; share ? i < share : !*stop; i++) {
         if (interval_ns) {
             uint64_t due = begin + (uint64_t)i * interval_ns, t = now_ns();
             if (due > t) {
@@ -267,6 +288,7 @@ static void worker(struct report *r, long share, uint64_t interval_ns, int start
         } else {
             r->made++;
             r->histogram[bit_length(now_ns() - t0)]++;
+            if (counter) __atomic_store_n(counter, (uint64_t)r->made, __ATOMIC_RELAXED);
         }
         close(fd); /* --closer client: nothing unread, so this sends a FIN */
     }
@@ -274,22 +296,37 @@ static void worker(struct report *r, long share, uint64_t interval_ns, int start
 }
 
 static int client(void) {
-    int workers = concurrency < count ? concurrency : (int)count;
+    int workers = !count || concurrency < count ? concurrency : (int)count;
     struct report *reports = mmap(NULL, sizeof(struct report) * (size_t)workers, PROT_READ | PROT_WRITE,
                                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (reports == MAP_FAILED) return 1;
+    volatile int *stop = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (reports == MAP_FAILED || stop == MAP_FAILED) return 1;
     memset(reports, 0, sizeof(struct report) * (size_t)workers);
+    volatile uint64_t *counters = NULL;
+    if (counter_path) {
+        size_t bytes = (size_t)workers * COUNTER_STRIDE * sizeof(uint64_t);
+        int fd = open(counter_path, O_RDWR);
+        if (fd < 0 || ftruncate(fd, (off_t)bytes) != 0) {
+            fprintf(stderr, "counter %s: %s\n", counter_path, strerror(errno));
+            return 1;
+        }
+        counters = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        close(fd);
+        if (counters == MAP_FAILED) return 1;
+    }
     uint64_t interval_ns = rate > 0 ? (uint64_t)(workers * 1e9 / rate) : 0;
     int start[2];
     if (pipe(start)) return 1;
     int pids[MAX_WORKERS];
     fflush(stdout);
+    pid_t parent = getpid();
     for (int w = 0; w < workers; w++) {
-        long share = count / workers + (w < count % workers);
+        long share = count ? count / workers + (w < count % workers) : 0;
         pids[w] = fork();
         if (pids[w] == 0) {
+            die_with_parent(parent);
             close(start[1]);
-            worker(&reports[w], share, interval_ns, start[0]);
+            worker(&reports[w], share, interval_ns, start[0], stop, counters ? counters + w * COUNTER_STRIDE : NULL);
             _exit(0);
         }
     }
@@ -301,6 +338,12 @@ static int client(void) {
     char before[512], after[512];
     cpu_ticks(before, sizeof before); /* system-wide: brackets the loop */
     close(start[1]);
+    if (!count) { /* live mode: connect until the harness closes our stdin */
+        char byte;
+        while (read(0, &byte, 1) > 0)
+            ;
+        __atomic_store_n(stop, 1, __ATOMIC_RELAXED);
+    }
     int status, crashed = 0;
     while (wait(&status) > 0)
         if (!WIFEXITED(status) || WEXITSTATUS(status)) crashed++;
@@ -354,7 +397,8 @@ int main(int argc, char **argv) {
         {"address", required_argument, 0, 'a'}, {"port", required_argument, 0, 'p'},
         {"count", required_argument, 0, 'n'},   {"concurrency", required_argument, 0, 'c'},
         {"closer", required_argument, 0, 'x'},  {"bytes", required_argument, 0, 'b'},
-        {"rate", required_argument, 0, 'r'},    {0, 0, 0, 0},
+        {"rate", required_argument, 0, 'r'},    {"counter", required_argument, 0, 'k'},
+        {0, 0, 0, 0},
     };
     const char *address = NULL;
     int port = 0, opt;
@@ -367,12 +411,13 @@ int main(int argc, char **argv) {
         case 'x': closer_is_client = !strcmp(optarg, "client"); break;
         case 'b': size = atol(optarg); break;
         case 'r': rate = atof(optarg); break;
+        case 'k': counter_path = optarg; break;
         default: return 2;
         }
     }
-    if (optind >= argc || !address || !port || count < 1 || concurrency < 1 || concurrency > MAX_WORKERS) {
-        fprintf(stderr, "usage: churn server|client --address A --port P --count N [--concurrency C] "
-                        "[--closer server|client] [--bytes B] [--rate R]\n");
+    if (optind >= argc || !address || !port || count < 0 || concurrency < 1 || concurrency > MAX_WORKERS) {
+        fprintf(stderr, "usage: churn server|client --address A --port P --count N (0: until stdin closes) "
+                        "[--concurrency C] [--closer server|client] [--bytes B] [--rate R] [--counter FILE]\n");
         return 2;
     }
     memset(&target, 0, sizeof target);
@@ -382,6 +427,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bad address %s\n", address);
         return 2;
     }
+    /* the runner's death (even SIGKILL) ends us: set before anything else, checked against a race */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) return 1;
     if (!strcmp(argv[optind], "server")) return serve();
     if (!strcmp(argv[optind], "client")) return client();
     fprintf(stderr, "role must be server or client\n");

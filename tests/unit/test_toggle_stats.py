@@ -1,0 +1,124 @@
+"""The toggled measurement's statistics: coverage under drift, outcomes, attribution by process."""
+
+import random
+
+import numpy as np
+
+from harness import toggle_stats
+
+
+def _entry(values: list[tuple[int, str, float, float]], own: dict[str, float] | None = None) -> dict:
+    """A toggle record whose window (cycle, arm) costs cost_us per op for ops ops; own: an arm's
+    consumer CPU (ns) per on-period, spent half in the window and half after its switch-off."""
+    own = own or {}
+    labels = sorted({arm for _, arm, _, _ in values})
+    arms = [{"label": "none", "backend": "none", "role": "baseline", "level": None},
+            {"label": "none (A/A)", "backend": "none", "role": "aa", "level": None}]
+    arms += [{"label": label, "backend": label.split("[")[0], "role": "observer",
+              "level": "state"} for label in labels if not label.startswith("none")]
+    windows, t, cpu, ops = [], 0.0, 0, 0
+    tasks = {label: 0 for label in own}
+
+    def sample():
+        return {"t": t, "ops": ops, "cpu_ns": cpu, "stat": [0] * 8, "tasks": dict(tasks)}
+
+    for cycle, arm, cost_us, n in values:
+        on = sample()
+        t += 0.2
+        start = sample()
+        t += 1.0
+        ops += n
+        mine = own.get(arm, 0.0)
+        cpu += int(cost_us * 1e3 * n + mine / 2)  # system CPU in the window holds the consumer's share
+        if arm in tasks:
+            tasks[arm] += mine / 2
+        end = sample()
+        if arm in tasks:  # the drain after the switch-off
+            tasks[arm] += mine / 2
+        t += 0.1
+        windows.append({"cycle": cycle, "arm": arm, "on": on, "start": start, "end": end, "off": {"events": n}})
+    return {"workload": "churn", "arms": arms, "windows": windows, "final": sample(), "hz": 100, "cpus": 2}
+
+
+def _simulate(rng: random.Random, cycles: int, true_pct: float, rho: float = 0.79, drift: float = 0.3) -> dict:
+    """AR(1) noise (lag-1 autocorrelation rho, 5% sd) plus a linear drift of `drift` over the run."""
+    labels = ["none", "none (A/A)", "tracepoint", "pcap"]
+    effect = {"tracepoint": true_pct / 100, "pcap": 0.0, "none": 0.0, "none (A/A)": 0.0}
+    noise, values, k, total = 0.0, [], 0, cycles * len(labels)
+    for cycle in range(cycles):
+        order = labels[:]
+        rng.shuffle(order)
+        for arm in order:
+            noise = rho * noise + rng.gauss(0, 0.05 * (1 - rho * rho) ** 0.5)
+            level = 60.0 * (1 + drift * k / total) * (1 + noise)
+            values.append((cycle, arm, level * (1 + effect[arm]), 20000))
+            k += 1
+    return _entry(values)
+
+
+def test_t_interval_on_cycle_differences_covers_the_truth_about_95_percent_of_the_time():
+    rng = random.Random(7)
+    covered = runs = 0
+    for _ in range(400):
+        result = toggle_stats.analyse_group(_simulate(rng, cycles=20, true_pct=10.0))
+        tp = result["arms"]["tracepoint"]["overhead"]
+        low, high = tp["ci_us"]
+        truth = 6.0 * np.mean([1 + 0.3 * k / 80 for k in range(80)])  # 10% of the drifting baseline
+        covered += low <= truth <= high
+        runs += 1
+    coverage = covered / runs
+    assert 0.92 <= coverage <= 0.98, coverage
+
+
+def test_identical_arms_are_decided_as_no_difference_and_a_real_gap_as_cheaper():
+    rng = random.Random(3)
+    result = toggle_stats.analyse_group(_simulate(rng, cycles=60, true_pct=20.0, rho=0.5, drift=0.0))
+    aa = result["aa"]
+    assert aa["decided"] and aa["outcome"] == "no_difference", aa
+    (headline,) = result["headline"]
+    assert (headline["a"], headline["b"]) == ("tracepoint", "pcap")
+    assert headline["decided"] and headline["outcome"] == "b_cheaper", headline  # tracepoint costs 20% more
+    assert 15 < headline["diff_pct"] < 25
+
+
+def test_few_cycles_are_not_decided():
+    result = toggle_stats.analyse_group(_simulate(random.Random(1), cycles=3, true_pct=0.0))
+    assert result["aa"]["outcome"] == "not_decided"
+    assert result["aa"]["half_width_pp"] > toggle_stats.DECIDE_PP
+
+
+def test_a_consumer_draining_after_its_switch_off_is_charged_to_its_own_window():
+    # every window costs 50 us/op of system CPU; pcap's consumer adds 0.24 s per on-period, half of
+    # it after the switch-off (in the margin): the window must carry its share, never a neighbour
+    values = [(c, arm, 50.0, 10000) for c in range(4) for arm in ("none", "none (A/A)", "pcap")]
+    result = toggle_stats.analyse_group(_entry(values, own={"pcap": 0.24e9}))
+    pcap = result["arms"]["pcap"]
+    # 0.24 s over 1.2 s of traffic, 1 s of it measured: 0.2 s per 10,000 operations = 20 us/op
+    assert abs(pcap["overhead"]["diff_us"] - 20.0) < 0.5, pcap
+    assert abs(result["arms"]["none"]["cpu_per_op_us"] - 50.0) < 0.5
+    leak = result["conservation"]["observer_cpu"]["pcap"]
+    assert leak["outside_pct"] < 1.0, leak
+
+
+def test_a_cycle_with_heavy_steal_is_excluded_for_every_arm():
+    values = [(c, arm, 50.0, 10000) for c in range(5) for arm in ("none", "none (A/A)", "tracepoint")]
+    entry = _entry(values)
+    entry["windows"][3]["end"]["stat"] = [0] * 7 + [100]  # 100 ticks of 200 possible in 1 s on 2 CPUs
+    result = toggle_stats.analyse_group(entry)
+    assert result["excluded"]["steal"] == 3  # cycle 1: its three windows
+    assert {row["windows"] for row in result["arms"].values()} == {4}
+    entry["windows"][3]["end"]["stat"] = [0] * 7 + [40]  # 13% of one window, 4.4% of the cycle: kept
+    assert toggle_stats.analyse_group(entry)["excluded"]["steal"] == 0
+
+
+def test_levels_pair_like_with_like():
+    assert toggle_stats.level_of("tracepoint", {"hooks": "state+destroy"}) == "state"
+    assert toggle_stats.level_of("tracepoint", {"hooks": "all"}) == "full"
+    assert toggle_stats.level_of("tracepoint", {"hooks": "state+probe"}) == "full"
+    assert toggle_stats.level_of("pcap", {"filter": "state"}) == "state"
+    arms = [{"label": "tp-s", "backend": "tracepoint", "role": "observer", "level": "state"},
+            {"label": "tp-f", "backend": "tracepoint", "role": "observer", "level": "full"},
+            {"label": "pc-s", "backend": "pcap", "role": "observer", "level": "state"},
+            {"label": "pc-f", "backend": "pcap", "role": "observer", "level": "full"}]
+    pairs = [(a["label"], b["label"]) for a, b in toggle_stats.headline_pairs(arms)]
+    assert pairs == [("tp-s", "pc-s"), ("tp-f", "pc-f")]
