@@ -186,12 +186,14 @@ def toggle_lines(analysis: dict[str, Any]) -> list[str]:
     lines = []
     for group in analysis.get("toggle", {}).get("groups", []):
         excluded = sum(group["excluded"].values())
+        steal = group.get("median_steal_pct") or 0.0
         lines.append(f"{group['workload']} (toggled, {group['cycles']} cycles, {group['windows']} windows"
-                     f"{f', {excluded} excluded' if excluded else ''}; stop: {group['stop_reason']}; "
+                     f"{f', {excluded} excluded' if excluded else ''}"
+                     f"{f', STEAL {steal:.0f}% (a busy host: noisy)' if steal > 5 else ''}; stop: {group['stop_reason']}; "
                      f"baseline {group['baseline_cpu_per_op_us']:.3g} us/op)"
                      + ("" if group["status"] == "complete" else f" -- {group['status'].upper()}, partial"))
         for h in group["headline"]:
-            lines.append(f"  [{h['level']}] {h['a']} - {h['b']}: {_pp(h)} of the baseline's CPU/op: "
+            lines.append(f"  [{h['level']}, consumers {h['consumer']}] {h['a']} - {h['b']}: {_pp(h)} of the baseline's CPU/op: "
                          f"{outcome_sentence(h, analysis['decide_pp'])}")
         for label, row in group["arms"].items():
             if "overhead" in row:

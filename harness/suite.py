@@ -45,9 +45,10 @@ TOGGLED: tuple[tuple[str, dict[str, str], float], ...] = (
 )
 # The arms, level-matched (toggle_stats.level_of): `state` is what tcpstates/tcplife need against
 # a SYN/FIN/RST capture; `full`, every hook including per-segment tcp_probe against every header.
+# Consumers matched too: the tracepoint backend's C ring-buffer consumer against libpcap in C.
 TOGGLED_ARMS = {
-    "state": (("tracepoint", {"hooks": "state+destroy"}), ("pcap", {"filter": "state"})),
-    "full": (("tracepoint", {"hooks": "all"}), ("pcap", {"filter": "full"})),
+    "state": (("tracepoint", {"hooks": "state+destroy"}), ("pcap", {"filter": "state", "consumer": "c"})),
+    "full": (("tracepoint", {"hooks": "all"}), ("pcap", {"filter": "full", "consumer": "c"})),
 }
 # Fidelity trials beside the toggled measurement: short, one round each.
 FIDELITY_WORKLOADS: tuple[tuple[str, dict[str, str]], ...] = (

@@ -54,7 +54,8 @@ class Arm:
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "backend": self.backend.name, "params": self.params, "role": self.role,
-                "level": toggle_stats.level_of(self.backend.name, self.params)}
+                "level": toggle_stats.level_of(self.backend.name, self.params),
+                "consumer": toggle_stats.consumer_of(self.backend.name, self.params)}
 
 
 @dataclass(frozen=True)
@@ -213,8 +214,12 @@ def measure(group: Group, run_id: str, entry: dict[str, Any], save: Callable[[],
 
 
 def _close_into(details: dict[str, Any], label: str, switch: Any) -> None:
+    """Close one observer; a failure is recorded (never masks what ended the measurement)."""
     with critical():
-        details[label] = switch.close()
+        try:
+            details[label] = switch.close()
+        except Exception as exc:  # the observer is released by its own error paths
+            details[label] = {"close_error": f"{type(exc).__name__}: {exc}"}
 
 
 def run_groups(groups: list[Group], record: Any, run_id: str, say: Say) -> None:

@@ -13,8 +13,8 @@ Method (stated, so a reader can judge it):
   randomized, so slow drift cancels within a cycle and the differences are close to independent
   (tests/unit/test_toggle_stats.py simulates drift plus autocorrelated noise and finds ~95% coverage).
 - Percentages are of the no-observer arms' mean cost per operation.
-- A cycle whose windows' mean steal time exceeds STEAL_LIMIT of their CPU capacity is excluded,
-  every arm of it alike (a hypervisor taking the CPUs away makes every operation dearer, measured:
+- A cycle whose windows' mean steal time exceeds the run's median cycle by more than STEAL_LIMIT
+  of their CPU capacity is excluded, every arm of it alike (a hypervisor taking the CPUs away makes every operation dearer, measured:
   +20-80% per operation at 25-35% steal; per window it would be biased, since a window that leaves
   vCPUs idle shows more steal than a busy one), and the exclusions are counted.
 - Decided: CI half-width <= DECIDE_PP percentage points; then A is cheaper (CI below 0), B is
@@ -48,8 +48,15 @@ def level_of(backend: str, params: dict[str, Any]) -> str | None:
     return None
 
 
-def _d(a: dict[str, Any], b: dict[str, Any], key: str) -> float:
-    return a[key] - b[key]
+def consumer_of(backend: str, params: dict[str, Any]) -> str | None:
+    """Who turns the observer's raw data into events: "c", "python", or "kernel" (maps read once)."""
+    if backend.startswith("tracepoint"):
+        if backend.endswith("empty") or params.get("mode") == "aggregate":
+            return "kernel"
+        return "python" if params.get("consumer") == "python" else "c"
+    if backend == "pcap":
+        return params.get("consumer")
+    return None
 
 
 def window_costs(entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -87,13 +94,22 @@ def window_costs(entry: dict[str, Any]) -> list[dict[str, Any]]:
     # Steal is a host condition, but it is larger in windows that leave vCPUs idle (a busy arm
     # shows less of it): judged per window it would exclude light arms more often than heavy ones.
     # So whole cycles go, for every arm alike.
+    # The bar is relative to the run's own level: a host with steady steal is flagged (report,
+    # `median_steal`), not emptied; a burst above it is what distorts a cycle.
     by_cycle: dict[int, list[float]] = {}
     for c in out:
         by_cycle.setdefault(c["cycle"], []).append(c["steal_share"])
+    cycle_steal = {cycle: statistics.fmean(v) for cycle, v in by_cycle.items()}
+    bar = steal_bar(list(cycle_steal.values()))
     for c in out:
-        if not c["excluded"] and statistics.fmean(by_cycle[c["cycle"]]) > STEAL_LIMIT:
+        if not c["excluded"] and cycle_steal[c["cycle"]] > bar:
             c["excluded"] = "steal"
     return out
+
+
+def steal_bar(cycle_steal: list[float]) -> float:
+    """Cycles above the median cycle's steal share plus STEAL_LIMIT are excluded."""
+    return (statistics.median(cycle_steal) if cycle_steal else 0.0) + STEAL_LIMIT
 
 
 def t_interval(diffs: list[float]) -> tuple[float, float | None, float | None]:
@@ -159,8 +175,10 @@ def analyse_group(entry: dict[str, Any], decide_pp: float = DECIDE_PP) -> dict[s
         "cycles": entry.get("cycles", len({c["cycle"] for c in costs})), "windows": len(costs),
         "stop_reason": entry.get("stop_reason"), "baseline_cpu_per_op_us": scale,
         "excluded": {reason: sum(1 for c in costs if c["excluded"] == reason) for reason in ("steal", "no operations")},
-        "exclusion_rule": f"a cycle whose windows' mean steal time exceeds {STEAL_LIMIT:.0%} of their CPU "
-                          "capacity is left out for every arm; a window that counted no operation is left out",
+        "exclusion_rule": f"a cycle whose windows' mean steal share exceeds the median cycle's by more than "
+                          f"{STEAL_LIMIT:.0%} of their CPU capacity is left out for every arm; a window that "
+                          "counted no operation is left out",
+        "median_steal_pct": 100 * statistics.median([c["steal_share"] for c in costs]) if costs else None,
         "arms": {}, "comparisons": [], "headline": [],
     }
     if not arms or not costs:
@@ -195,8 +213,11 @@ def analyse_group(entry: dict[str, Any], decide_pp: float = DECIDE_PP) -> dict[s
         if found["a"] != a["label"]:  # the headline always says tracepoint - pcap
             found = {"a": a["label"], "b": b["label"],
                      **compare(costs, [a["label"]], [b["label"]], scale, decide_pp)}
+        consumers = {a.get("consumer"), b.get("consumer")}
         result["headline"].append({"workload": entry.get("workload"),
-                                   "level": a["level"] if a["level"] == b["level"] else "mixed", **found})
+                                   "level": a["level"] if a["level"] == b["level"] else "mixed",
+                                   "consumer": consumers.pop() if len(consumers) == 1 else
+                                   f"{a.get('consumer')}/{b.get('consumer')}", **found})
     result["conservation"] = _conservation(entry, costs)
     return result
 

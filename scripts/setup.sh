@@ -15,7 +15,8 @@ PACKAGES=(
   bpftool                    # independent view of loaded programs (cleanup checks, bpf_stats)
   linux-perf                 # an independent, non-BPF tracer for the tests (perf stat + ftrace filter)
   iptables iproute2 ethtool  # loss workloads, namespaces, offload settings
-  tcpdump libpcap0.8         # the libpcap backend's C consumer and an independent capture
+  tcpdump libpcap0.8         # the libpcap backend's tcpdump consumer and an independent capture
+  libpcap-dev                # the libpcap backend's C consumer (pcap_consumer.c, built with gcc)
   python3-venv gcc make      # the venv and the C reference generator
   iperf3                     # the stream benchmark's reference (benchmarks/)
   qemu-system-x86 busybox-static  # `tpbench vm`: virtme-ng's qemu, and the static busybox of its initramfs

@@ -23,7 +23,10 @@ Consumers (`-p consumer=...`, both measured):
            and a hung capture is killed with the namespace.
   tcpdump  tcpdump (Debian's, on the system libpcap) writing the headers to a pcap file on tmpfs,
            read afterwards with dpkt, outside the measured loop: the lower bound of libpcap's cost.
-Both consumers feed the same inference (harness/agents/pcap_infer.py), so they differ only in
+  c        pcap_consumer.c, libpcap in C (Debian's libpcap, built with -lpcap), decoding every packet
+           as it reads and counting it by direction and flags (SYN, SYN-ACK, FIN, RST): the like of
+           the tracepoint backend's C ring-buffer consumer, for the toggled measurement only.
+The python and tcpdump consumers feed the same inference (harness/agents/pcap_infer.py), so they differ only in
 how packets reach it.
 
 Costs: the consumer's CPU time (rusage of the reaped process); the kernel side (AF_PACKET taps,
@@ -55,14 +58,15 @@ from ..errors import UsageError
 from ..kernel import KernelProbe
 from ..params import Param
 from ..system import die_with_runner
-from .processes import kill, process_cpu_s, read_line, reap
+from .processes import cached_binary, kill, process_cpu_s, read_line, reap
 from .base import EVENT_KINDS, SIDES, Availability, Observation
 
 FILTERS = {
     "state": "tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0",
     "full": "tcp",
 }
-CONSUMERS = ("python", "tcpdump")
+CONSUMERS = ("python", "tcpdump", "c")
+CONSUMER_SOURCE = Path(__file__).with_name("pcap_consumer.c")
 VISIBLE_KINDS = ("state_change", "retransmit", "synack_retransmit", "reset_sent", "reset_received")
 
 
@@ -196,18 +200,25 @@ class _PythonCapture:
 
 
 class _SwitchedCapture:
-    """The Python capture agent in switched mode: its packet socket exists only while on."""
+    """A live consumer in switched mode, its packet socket open only while on: the Python capture
+    agent (pcapy-ng) or pcap_consumer.c (libpcap in C), which speak the same protocol."""
 
     def __init__(self, host: Host, config: dict[str, Any]):
         self.config = config
         self.process: subprocess.Popen | None = None
-        argv = [
-            sys.executable, "-m", "harness.agents.pcap_capture", "--switched",
-            "--interface", config["interface"], "--expression", config["expression"],
-            "--snaplen", str(config["snaplen"]), "--buffer-bytes", str(config["buffer_bytes"]),
-            "--timeout-ms", str(config["timeout_ms"]),
-            *[arg for address, side in config["sides"].items() for arg in ("--side", f"{address}={side}")],
-        ]
+        if config["consumer"] == "c":
+            by_side = {side: address for address, side in config["sides"].items()}
+            argv = [str(cached_binary(CONSUMER_SOURCE, ["-lpcap"], "the C capture consumer", CaptureError)),
+                    config["interface"], config["expression"], str(config["snaplen"]),
+                    str(config["buffer_bytes"]), str(config["timeout_ms"]), by_side["client"], by_side["server"]]
+        else:
+            argv = [
+                sys.executable, "-m", "harness.agents.pcap_capture", "--switched",
+                "--interface", config["interface"], "--expression", config["expression"],
+                "--snaplen", str(config["snaplen"]), "--buffer-bytes", str(config["buffer_bytes"]),
+                "--timeout-ms", str(config["timeout_ms"]),
+                *[arg for address, side in config["sides"].items() for arg in ("--side", f"{address}={side}")],
+            ]
         try:
             self.process = host.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, start_new_session=True, preexec_fn=die_with_runner)
@@ -234,7 +245,8 @@ class _SwitchedCapture:
     def off(self) -> dict[str, Any]:
         self._say("off")
         answer = self._answer("off", RESULT_TIMEOUT_S)  # after the agent has read its whole backlog
-        return {"events": answer["captured"], "lost": answer["dropped"], "received": answer["received"]}
+        return {"events": answer["captured"], "lost": answer["dropped"], "received": answer["received"],
+                **({"flags": answer["counts"]} if "counts" in answer else {})}
 
     def tasks(self) -> list[int]:
         return [self.process.pid]
@@ -409,7 +421,8 @@ class PcapBackend:
     params = (
         Param("filter", str, "state", "state: SYN/FIN/RST only; full: all TCP", choices=tuple(FILTERS)),
         Param("consumer", str, "python", "python: pcapy-ng per-packet callback; tcpdump: -w to tmpfs, "
-              "read afterwards", choices=CONSUMERS),
+              "read afterwards; c: libpcap in C decoding as it reads (pcap_consumer.c; toggled only)",
+              choices=CONSUMERS),
         Param("snaplen", int, MIN_SNAPLEN, "bytes kept per packet: 54 = Ethernet+IPv4+TCP without options "
               "(no payload byte); 94 keeps every TCP option", minimum=MIN_SNAPLEN, maximum=262144),
         # libpcap's default is 2 MiB; 64 MiB holds a 45,000-connection churn burst (180k header-only
@@ -432,11 +445,14 @@ class PcapBackend:
         return Availability(True, f"pcapy-ng (bundled libpcap) and tcpdump ({probe['libpcap'].reason})")
 
     def attach(self, topology: Topology, params: dict[str, Any]) -> _PythonCapture | _TcpdumpCapture:
+        if params["consumer"] == "c":
+            raise UsageError("pcap: consumer=c counts packets by flags for the toggled measurement (tpbench "
+                             "toggle, make bench); trials infer per-flow transitions with consumer=python or tcpdump")
         return start_capture(topology.server, {**capture_config(topology.server, params), "sides": sides_of(topology)})
 
     def prepare(self, topology: Topology, params: dict[str, Any]) -> _SwitchedCapture:
-        if params["consumer"] != "python":
-            raise UsageError("pcap: the toggled measurement needs consumer=python (a live consumer): tcpdump "
+        if params["consumer"] == "tcpdump":
+            raise UsageError("pcap: the toggled measurement needs a live consumer (consumer=python or c): tcpdump "
                              "writes a file that is parsed after the capture")
         try:
             return _SwitchedCapture(topology.server, {**capture_config(topology.server, params),
@@ -455,7 +471,7 @@ def capture_config(host: Host, params: dict[str, Any]) -> dict[str, Any]:
         "netns": host.netns,
         "snaplen": params["snaplen"],
         "buffer_bytes": params["buffer_mib"] << 20,
-        "timeout_ms": params["timeout_ms"] if params["consumer"] == "python" else TCPDUMP_TIMEOUT_MS,
+        "timeout_ms": TCPDUMP_TIMEOUT_MS if params["consumer"] == "tcpdump" else params["timeout_ms"],
     }
 
 

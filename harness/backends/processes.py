@@ -3,11 +3,14 @@ answers without hanging, reaping them with their CPU time, and killing them on e
 
 from __future__ import annotations
 
+import hashlib
 import os
 import select
 import subprocess
 import time
 from pathlib import Path
+
+from ..headers import CACHE_DIR
 
 
 def read_line(stream, timeout_s: float, what: str, error: type[Exception] = RuntimeError) -> str:
@@ -71,3 +74,21 @@ def process_cpu_s(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cached_binary(source: Path, libraries: list[str], what: str, error: type[Exception] = RuntimeError) -> Path:
+    """A C helper built once per source version with gcc (make setup installs gcc and the -dev
+    packages), cached under ~/.cache/tpbench/bin; built atomically (temporary name, rename)."""
+    text = source.read_bytes()
+    binary = CACHE_DIR / "bin" / f"{source.stem}-{hashlib.sha256(text).hexdigest()[:12]}"
+    if binary.exists():
+        return binary
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    staging = binary.with_name(binary.name + f".tmp-{os.getpid()}")
+    build = subprocess.run(["gcc", "-O2", "-Wall", "-o", str(staging), str(source), *libraries],
+                           capture_output=True, text=True)
+    if build.returncode != 0:
+        first = next((line for line in build.stderr.splitlines() if "error" in line), build.stderr.strip())
+        raise error(f"cannot build {what} (gcc, {' '.join(libraries)}): {first}")
+    staging.rename(binary)
+    return binary

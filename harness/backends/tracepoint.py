@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import json
 import os
 import re
@@ -45,10 +44,11 @@ from netns import Topology
 
 from .. import flowmatch
 from ..errors import UsageError
-from ..headers import CACHE_DIR, find_headers
+from ..headers import find_headers
 from ..kernel import KernelProbe, probe_ringbuf, probe_tracepoints
 from ..params import Param, names_check, parse_names
 from ..system import die_with_runner, sysctl_set
+from .processes import cached_binary
 from .tracefs_ring import native_u32
 from .base import EVENT_KINDS, SIDES, Availability, Observation
 
@@ -179,19 +179,7 @@ def _count_key(counts: Counter, attribution: Counter, key: bytes, n: int) -> Non
 
 def consumer_binary() -> Path:
     """The C consumer, built once per source version with gcc and libbpf (make setup installs both)."""
-    source = CONSUMER_SOURCE.read_bytes()
-    binary = CACHE_DIR / "bin" / f"ringbuf_consumer-{hashlib.sha256(source).hexdigest()[:12]}"
-    if binary.exists():
-        return binary
-    binary.parent.mkdir(parents=True, exist_ok=True)
-    staging = binary.with_name(binary.name + f".tmp-{os.getpid()}")
-    build = subprocess.run(["gcc", "-O2", "-Wall", "-o", str(staging), str(CONSUMER_SOURCE), "-lbpf"],
-                           capture_output=True, text=True)
-    if build.returncode != 0:
-        first = next((line for line in build.stderr.splitlines() if "error" in line), build.stderr.strip())
-        raise BackendError(f"cannot build the C ring-buffer consumer (gcc, libbpf-dev): {first}")
-    staging.rename(binary)
-    return binary
+    return cached_binary(CONSUMER_SOURCE, ["-lbpf"], "the C ring-buffer consumer", BackendError)
 
 
 class _PythonConsumer:

@@ -18,7 +18,7 @@ BAD_INPUT = [
     (["run", "-p", "kprobe.mode=x"], "names 'kprobe', which is not selected"),
     (["run", "-p", "connections=1,connections=2"], "given twice"),
     (["run", "-b", "pcap", "-p", "filter=syn"], "parameter 'filter' of pcap must be one of state, full, not 'syn'"),
-    (["run", "-b", "pcap", "-p", "pcap.consumer=java"], "must be one of python, tcpdump, not 'java'"),
+    (["run", "-b", "pcap", "-p", "pcap.consumer=java"], "must be one of python, tcpdump, c, not 'java'"),
     (["run", "-b", "pcap", "-p", "snaplen=20"], "parameter 'snaplen' of pcap must be >= 54, not 20"),
     (["run", "-b", "pcap", "-p", "pcap.bogus=1"], "pcap has no parameter 'bogus'"),
     (["run", "--trials", "0"], "must be >= 1, not 0"),

@@ -29,7 +29,7 @@ def test_defaults_are_the_cheap_capture_a_competent_engineer_deploys():
 
 @pytest.mark.parametrize("given, message", [
     ({"filter": "syn"}, "must be one of state, full"),
-    ({"consumer": "c"}, "must be one of python, tcpdump"),
+    ({"consumer": "rust"}, "must be one of python, tcpdump, c"),
     ({"snaplen": "53"}, "must be >= 54"),
     ({"buffer_mib": "0"}, "must be >= 1"),
     ({"timeout_ms": "5000"}, "must be <= 1000"),

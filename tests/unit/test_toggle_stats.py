@@ -109,6 +109,10 @@ def test_a_cycle_with_heavy_steal_is_excluded_for_every_arm():
     assert {row["windows"] for row in result["arms"].values()} == {4}
     entry["windows"][3]["end"]["stat"] = [0] * 7 + [40]  # 13% of one window, 4.4% of the cycle: kept
     assert toggle_stats.analyse_group(entry)["excluded"]["steal"] == 0
+    for w in entry["windows"]:  # steady 30% steal everywhere: flagged, not emptied
+        w["end"]["stat"] = [0] * 7 + [60]
+    steady = toggle_stats.analyse_group(entry)
+    assert steady["excluded"]["steal"] == 0 and abs(steady["median_steal_pct"] - 30) < 1e-6
 
 
 def test_levels_pair_like_with_like():
