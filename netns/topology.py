@@ -19,7 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPRoute, config as pyroute2_config, netns
+
+# pyroute2 forks helpers for namespace work and stops them with SIGTERM. Forked, they inherit the
+# caller's signal handlers: a harness that turns SIGTERM into an exception would have the helper
+# unwind the caller's code instead of dying, and the caller wait for it. Default handlers in them.
+pyroute2_config.disable_mp_signal = True
 
 NAME_PREFIX = "tpb"
 SUBNET = "198.18.0.0/15"
@@ -154,12 +159,14 @@ class Topology:
 
     def __enter__(self) -> "Topology":
         started = time.perf_counter()
-        with self.guard():
-            try:
+        try:
+            with self.guard():
                 self._build()
-            except BaseException:
-                self.teardown()
-                raise
+        except BaseException:
+            # also when the build succeeded and the guard's end raises a signal deferred during it:
+            # __exit__ never runs for a failed __enter__, so nothing else would remove the pair
+            self.teardown()
+            raise
         self.setup_s = time.perf_counter() - started
         return self
 

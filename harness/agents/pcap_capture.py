@@ -21,8 +21,8 @@ On a capture that cannot open (no such interface, a bad filter, no permission):
 
 Switched mode (--switched, the toggled measurement, harness/toggle.py): ready with no capture
 open; then each "on" line opens the capture (a packet socket, its ring and filter) and answers
-{"on": true}; each "off" line reads what the ring holds (until every packet the kernel counted was
-read or dropped), closes the handle (the socket is gone: no tap left on the interface to cost
+{"on": true}; each "off" line reads what the ring holds (until every packet the kernel had counted at
+the "off" was read or dropped), closes the handle (the socket is gone: no tap left on the interface to cost
 anything) and answers {"off": true, "captured": n, "received": n, "dropped": n} for that on-period;
 stdin closing ends the agent. Packets are decoded as in a trial; no inference is kept (the
 toggled windows measure cost, the trials measure fidelity).
@@ -206,6 +206,9 @@ def run_switched(args: argparse.Namespace) -> int:
                     # Done when every packet the kernel counted was read or dropped, or when the ring
                     # has been quiet for longer than a block's retire timeout (the kernel's count can
                     # include a packet no block will ever hand over: seen in trials, "undrained 1").
+                    # Traffic goes on while we drain: the target is what the kernel had counted
+                    # when the "off" came (later packets belong to no window, and go with the socket).
+                    target = reader.stats()[0]
                     began = last_packet = time.monotonic()
                     quiet_s = 2 * args.timeout_ms / 1000 + 0.1
                     while True:
@@ -214,7 +217,7 @@ def run_switched(args: argparse.Namespace) -> int:
                             last_packet = time.monotonic()
                         received, dropped, _ = reader.stats()
                         now = time.monotonic()
-                        if (counts["captured"] + dropped >= received or now - last_packet > quiet_s
+                        if (counts["captured"] + dropped >= target or now - last_packet > quiet_s
                                 or now - began > MAX_DRAIN_S):
                             break
                     reader.close()

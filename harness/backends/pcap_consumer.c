@@ -13,8 +13,8 @@
 // Switched protocol (JSON lines; the same as harness/agents/pcap_capture.py --switched):
 //   {"ready": true, "pid": N, "libpcap": "..."}   nothing open yet
 //   "on"  -> opens the capture      -> {"on": true}
-//   "off" -> reads the ring until every packet the kernel counted was read or dropped (or the
-//            ring was quiet for longer than two block timeouts), closes the handle (no packet
+//   "off" -> reads the ring until every packet the kernel had counted at the "off" was read or
+//            dropped (or the ring was quiet for longer than two block timeouts), closes the handle (no packet
 //            socket left) -> {"off": true, "captured": n, "received": n, "dropped": n,
 //            "not_tcp": n, "counts": {"client": {"syn": n, ...}, "server": {...}}}
 //   stdin closed -> exit 0.
@@ -133,7 +133,11 @@ int main(int argc, char **argv)
 				}
 				printf("{\"on\": true}\n");
 			} else if (!strcmp(line, "off") && p) {
+				// Traffic goes on while we drain: the target is what the kernel had counted when
+				// the "off" came; later packets are the next window's and die with the socket.
 				struct pcap_stat st = {0};
+				pcap_stats(p, &st);
+				unsigned target = st.ps_recv;
 				double began = now_s(), last = began;
 				for (;;) {
 					struct pollfd fd = {.fd = pcap_get_selectable_fd(p), .events = POLLIN};
@@ -145,7 +149,7 @@ int main(int argc, char **argv)
 						last = now_s();
 					pcap_stats(p, &st);
 					double t = now_s();
-					if (s.captured + st.ps_drop >= st.ps_recv || t - last > 2 * timeout_ms / 1e3 + 0.1 ||
+					if (s.captured + st.ps_drop >= target || t - last > 2 * timeout_ms / 1e3 + 0.1 ||
 					    t - began > 60)
 						break;
 				}
