@@ -138,19 +138,24 @@ def observation_from(result: dict[str, Any], details: dict[str, Any], filter_nam
                        sides=sides, lost=details["pcap_stats"]["dropped"], details=details)
 
 
+def capture_agent_argv(config: dict[str, Any], *extra: str) -> list[str]:
+    """The Python capture agent's command line for a capture config (harness/agents/pcap_capture.py)."""
+    return [
+        sys.executable, "-m", "harness.agents.pcap_capture", *extra,
+        "--interface", config["interface"], "--expression", config["expression"],
+        "--snaplen", str(config["snaplen"]), "--buffer-bytes", str(config["buffer_bytes"]),
+        "--timeout-ms", str(config["timeout_ms"]),
+        *[arg for address, side in config["sides"].items() for arg in ("--side", f"{address}={side}")],
+    ]
+
+
 class _PythonCapture:
     """The capture agent (pcapy-ng) in the server's namespace."""
 
     def __init__(self, host: Host, config: dict[str, Any]):
         self.config = config
         self.process: subprocess.Popen | None = None
-        argv = [
-            sys.executable, "-m", "harness.agents.pcap_capture",
-            "--interface", config["interface"], "--expression", config["expression"],
-            "--snaplen", str(config["snaplen"]), "--buffer-bytes", str(config["buffer_bytes"]),
-            "--timeout-ms", str(config["timeout_ms"]),
-            *[arg for address, side in config["sides"].items() for arg in ("--side", f"{address}={side}")],
-        ]
+        argv = capture_agent_argv(config)
         try:
             # its own session: a terminal's SIGINT goes to the runner, which stops the agent itself
             self.process = host.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -212,13 +217,7 @@ class _SwitchedCapture:
                     config["interface"], config["expression"], str(config["snaplen"]),
                     str(config["buffer_bytes"]), str(config["timeout_ms"]), by_side["client"], by_side["server"]]
         else:
-            argv = [
-                sys.executable, "-m", "harness.agents.pcap_capture", "--switched",
-                "--interface", config["interface"], "--expression", config["expression"],
-                "--snaplen", str(config["snaplen"]), "--buffer-bytes", str(config["buffer_bytes"]),
-                "--timeout-ms", str(config["timeout_ms"]),
-                *[arg for address, side in config["sides"].items() for arg in ("--side", f"{address}={side}")],
-            ]
+            argv = capture_agent_argv(config, "--switched")
         try:
             self.process = host.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, start_new_session=True, preexec_fn=die_with_runner)
