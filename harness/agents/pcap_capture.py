@@ -14,18 +14,19 @@ handle is non-blocking and the loop select()s on its fd (and on stdin, the harne
 
 Protocol (JSON lines on stdout):
   {"ready": true, "pid": ..., "cpu_s": ...}   the filter is attached: traffic may start
-  stdin closed -> drain until the ring has been quiet for longer than a block's retire timeout ->
+  stdin closed -> the socket is frozen (a reject-all kernel filter: nothing more enters the ring),
+  then drained until every packet the kernel counted was read or dropped ->
   {"result": {...}}                          inference, packet counts and pcap_stats()
 On a capture that cannot open (no such interface, a bad filter, no permission):
   {"error": "one line"} and exit status 2.
 
 Switched mode (--switched, the toggled measurement, harness/toggle.py): ready with no capture
 open; then each "on" line opens the capture (a packet socket, its ring and filter) and answers
-{"on": true}; each "off" line reads what the ring holds (until every packet the kernel had counted at
-the "off" was read or dropped), closes the handle (the socket is gone: no tap left on the interface to cost
-anything) and answers {"off": true, "captured": n, "received": n, "dropped": n} for that on-period;
-stdin closing ends the agent. Packets are decoded as in a trial; no inference is kept (the
-toggled windows measure cost, the trials measure fidelity).
+{"on": true}; each "off" line freezes and drains the ring as above (live traffic goes on, the
+frozen socket takes no more of it), closes the handle (the socket is gone: no tap left on the
+interface to cost anything) and answers {"off": true, "captured": n, "received": n, "dropped": n}
+for that on-period; stdin closing ends the agent. Packets are decoded as in a trial; no inference
+is kept (the toggled windows measure cost, the trials measure fidelity).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from harness.agents.common import cpu_seconds, emit
 
 EXIT_CAPTURE_FAILED = 2
 MAX_DRAIN_S = 60.0  # after the stop, for a consumer far behind to work through a full ring
+DISPATCH_BATCH = 4096  # packets per dispatch() call, so the loop reads its commands between
 # pcap_activate(3PCAP) error statuses (pcap/pcap.h); pcapy-ng exposes no pcap_geterr() for them.
 ACTIVATE_ERRORS = {
     -1: "pcap_activate failed (PCAP_ERROR)",
@@ -64,23 +66,103 @@ def libpcap_version(pcapy_module) -> str:
     return "unknown (not a pcapy-ng wheel)"
 
 
-def open_capture(pcapy, interface: str, expression: str, snaplen: int, buffer_bytes: int, timeout_ms: int):
-    """An activated, filtered, non-blocking handle, or pcapy.PcapError with libpcap's message."""
-    reader = pcapy.create(interface)
-    try:
-        reader.set_snaplen(snaplen)
-        reader.set_promisc(False)  # a veth gets every packet of its peer anyway; leave the link as it is
-        reader.set_timeout(timeout_ms)
-        reader.set_buffer_size(buffer_bytes)
-        status = reader.activate()  # pcapy-ng returns pcap_activate()'s status instead of raising
-        if status < 0:
-            raise pcapy.PcapError(ACTIVATE_ERRORS.get(status, f"pcap_activate failed with status {status}"))
-        reader.setfilter(expression)
-        reader.setnonblock(1)
-    except Exception:
-        reader.close()
-        raise
-    return reader
+# A cBPF program of one instruction, "ret #0": the kernel keeps no byte of any packet, and counts none.
+_SO_ATTACH_FILTER, _SOL_SOCKET = 26, 1  # asm-generic/socket.h
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+_REJECT_ALL = (_SockFilter * 1)(_SockFilter(0x06, 0, 0, 0))  # BPF_RET | BPF_K, 0
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def freeze(fd: int) -> None:
+    """Let no more packets into the ring: a reject-all kernel filter, set on the socket directly.
+
+    Not through pcap_setfilter(): libpcap then re-filters every block already in the ring in user
+    space, and a packet the new filter rejects there was counted by the kernel (ps_recv) yet never
+    reaches the callback. After this, ps_recv stops moving, so a drain to it is exact."""
+    program = _SockFprog(1, _REJECT_ALL)
+    if _libc.setsockopt(fd, _SOL_SOCKET, _SO_ATTACH_FILTER, ctypes.byref(program), ctypes.sizeof(program)):
+        raise OSError(ctypes.get_errno(), "setsockopt(SO_ATTACH_FILTER) of the reject-all filter failed")
+
+
+class Capture:
+    """An activated, filtered, non-blocking libpcap handle whose counters start at its filter.
+
+    libpcap opens the packet socket unfiltered (pcap_activate()) and attaches the filter later
+    (pcap_setfilter()); what arrived in between (live traffic in switched mode, IPv6 neighbour
+    discovery on a new veth) sits in the ring, counted by the kernel, and libpcap filters it in
+    user space, so ps_recv would exceed what the callback ever sees (measured: "undrained 1" in two
+    trials of four, each after a 60 s drain). So the socket is frozen at once, that prelude is
+    read and counted apart (`before_filter`), and only then is the real filter attached:
+    `stats()` counts from there."""
+
+    def __init__(self, pcapy, interface: str, expression: str, snaplen: int, buffer_bytes: int,
+                 timeout_ms: int):
+        self.timeout_ms = timeout_ms
+        self.reader = reader = pcapy.create(interface)
+        try:
+            reader.set_snaplen(snaplen)
+            reader.set_promisc(False)  # a veth gets every packet of its peer anyway; leave the link as it is
+            reader.set_timeout(timeout_ms)
+            reader.set_buffer_size(buffer_bytes)
+            status = reader.activate()  # pcapy-ng returns pcap_activate()'s status instead of raising
+            if status < 0:
+                raise pcapy.PcapError(ACTIVATE_ERRORS.get(status, f"pcap_activate failed with status {status}"))
+            reader.setnonblock(1)
+            self.fd = reader.getfd()
+            self.baseline, self.delivered = (0, 0), 0
+            self.before_filter, _, _ = self.drain(lambda header, data: None)
+            self.baseline, self.delivered = reader.stats()[:2], 0
+            reader.setfilter(expression)  # libpcap's own dance: a reject-all filter, then this one
+        except Exception:
+            reader.close()
+            raise
+
+    def stats(self) -> tuple[int, int]:
+        """(received, dropped) since the filter was attached: pcap_stats(3PCAP)'s ps_recv, ps_drop."""
+        received, dropped, _ = self.reader.stats()
+        return received - self.baseline[0], dropped - self.baseline[1]
+
+    def dispatch(self, callback) -> int:
+        """Packets handed to `callback` from blocks already retired, at most a batch: with a consumer
+        slower than the traffic an unbounded dispatch() would never return to read its commands."""
+        n = self.reader.dispatch(DISPATCH_BATCH, callback)
+        self.delivered += max(n, 0)
+        return n
+
+    def drain(self, callback) -> tuple[int, int, int]:
+        """Freeze the socket, then hand over everything the kernel counted: (delivered, received, dropped).
+
+        Exact: after the freeze nothing more is counted (a packet already past the old filter on
+        another CPU may still be, so the count is read again each round, and the counts returned
+        are the ones the decision was made on), and every counted packet sits in a block the kernel
+        retires within `timeout_ms`. Done when read + dropped reaches received; a ring quiet for
+        two retire timeouts (nothing can arrive any more) or MAX_DRAIN_S end it with the
+        difference left for the caller to report."""
+        freeze(self.fd)
+        began = last = time.monotonic()
+        quiet_s = 2 * self.timeout_ms / 1000 + 0.1
+        while True:
+            received, dropped = self.stats()
+            if self.delivered + dropped >= received:
+                return self.delivered, received, dropped
+            select.select([self.fd], [], [], self.timeout_ms / 1000)
+            now = time.monotonic()
+            if self.dispatch(callback) > 0:
+                last = now
+            elif now - last > quiet_s or now - began > MAX_DRAIN_S:
+                return self.delivered, received, dropped
+
+    def close(self) -> None:
+        self.reader.close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,54 +188,35 @@ def run(args: argparse.Namespace) -> int:
             tracker.feed(segment, header)
 
     try:
-        reader = open_capture(pcapy, args.interface, args.expression, args.snaplen, args.buffer_bytes,
-                              args.timeout_ms)
+        capture = Capture(pcapy, args.interface, args.expression, args.snaplen, args.buffer_bytes, args.timeout_ms)
     except Exception as exc:  # PcapError, BPFError: libpcap's own words, on one line
         message = " ".join(str(exc).split()) or type(exc).__name__
         emit({"error": f"cannot capture on {args.interface} with filter {args.expression!r}: {message}"})
         return EXIT_CAPTURE_FAILED
     try:
-        if reader.datalink() != pcapy.DLT_EN10MB:
-            emit({"error": f"{args.interface}: link type {reader.datalink()} is not Ethernet"})
+        if capture.reader.datalink() != pcapy.DLT_EN10MB:
+            emit({"error": f"{args.interface}: link type {capture.reader.datalink()} is not Ethernet"})
             return EXIT_CAPTURE_FAILED
-        fd = reader.getfd()
         stdin = sys.stdin.fileno()
         emit({"ready": True, "pid": os.getpid(), "cpu_s": cpu_seconds(), "libpcap": libpcap_version(pcapy)})
-        # A partly filled TPACKET_V3 block reaches user space only when its retire timer fires: quiet
-        # for longer than that (and select()ing on the fd meanwhile) means the ring is empty.
-        quiet_s = 2 * args.timeout_ms / 1000 + 0.1
+        # dispatch even on a select timeout: a block retired between two polls is never missed
         poll_s = min(0.05, args.timeout_ms / 1000)
-        stopping_since: float | None = None
-        last_packet = time.monotonic()
-        watched = [fd, stdin]
         while True:
-            readable, _, _ = select.select(watched, [], [], poll_s)
+            readable, _, _ = select.select([capture.fd, stdin], [], [], poll_s)
+            capture.dispatch(on_packet)
             if stdin in readable and not os.read(stdin, 4096):
-                watched = [fd]
-                stopping_since = time.monotonic()
-            # dispatch even on a select timeout: a block retired between two polls is never missed
-            while reader.dispatch(-1, on_packet) > 0:
-                last_packet = time.monotonic()
-            if stopping_since is None:
-                continue
-            now = time.monotonic()
-            if now - max(last_packet, stopping_since) > quiet_s:
-                # The kernel counts a packet when it enters the ring, libpcap sees it when its
-                # block retires: a packet that came during the quiet period may still be in an
-                # open block. Done when every packet counted was read or dropped (or time is up).
-                # The counters reported are this snapshot, the one the decision was made on: read
-                # again, they could count a packet that arrived after it (seen: "undrained 1").
-                received, dropped, if_dropped = reader.stats()
-                if counts["captured"] + dropped >= received or now - stopping_since > MAX_DRAIN_S:
-                    break
+                break
+        stopping_since = time.monotonic()
+        _, received, dropped = capture.drain(on_packet)
         result = tracker.result()
         result["packets"].update(counts)
-        result["pcap_stats"] = {"received": received, "dropped": dropped, "if_dropped": if_dropped}
+        result["pcap_stats"] = {"received": received, "dropped": dropped, "if_dropped": capture.reader.stats()[2],
+                                "before_filter": capture.before_filter}
         result["drain_s"] = round(time.monotonic() - stopping_since, 3)
         emit({"result": result})
         return 0
     finally:
-        reader.close()
+        capture.close()
 
 
 def run_switched(args: argparse.Namespace) -> int:
@@ -172,16 +235,15 @@ def run_switched(args: argparse.Namespace) -> int:
         else:
             tracker.feed(segment, header)
 
-    reader = None
+    capture: Capture | None = None
     emit({"ready": True, "pid": os.getpid(), "cpu_s": cpu_seconds(), "libpcap": libpcap_version(pcapy)})
     pending = b""
     try:
         while True:
-            watched = [0] if reader is None else [0, reader.getfd()]
-            readable, _, _ = select.select(watched, [], [], 0.05 if reader is not None else None)
-            if reader is not None:
-                while reader.dispatch(-1, on_packet) > 0:
-                    pass
+            watched = [0] if capture is None else [0, capture.fd]
+            readable, _, _ = select.select(watched, [], [], 0.05 if capture is not None else None)
+            if capture is not None:
+                capture.dispatch(on_packet)
             if 0 not in readable:
                 continue
             chunk = os.read(0, 4096)
@@ -190,42 +252,28 @@ def run_switched(args: argparse.Namespace) -> int:
             pending += chunk
             while b"\n" in pending:
                 command, pending = pending.split(b"\n", 1)
-                if command == b"on" and reader is None:
+                if command == b"on" and capture is None:
                     counts.update(captured=0, not_tcp=0, truncated=0)
                     try:
-                        reader = open_capture(pcapy, args.interface, args.expression, args.snaplen,
-                                              args.buffer_bytes, args.timeout_ms)
+                        capture = Capture(pcapy, args.interface, args.expression, args.snaplen,
+                                          args.buffer_bytes, args.timeout_ms)
                     except Exception as exc:
                         emit({"error": " ".join(str(exc).split()) or type(exc).__name__})
                         return EXIT_CAPTURE_FAILED
                     emit({"on": True})
-                elif command == b"off" and reader is not None:
-                    # read everything the on-period queued (a consumer behind works through its
-                    # backlog here, so its whole cost is charged to this on-period; a block reaches us
-                    # when its retire timer fires), then close
-                    # Done when every packet the kernel counted was read or dropped, or when the ring
-                    # has been quiet for longer than a block's retire timeout (the kernel's count can
-                    # include a packet no block will ever hand over: seen in trials, "undrained 1").
-                    # Traffic goes on while we drain: the target is what the kernel had counted
-                    # when the "off" came (later packets belong to no window, and go with the socket).
-                    target = reader.stats()[0]
-                    began = last_packet = time.monotonic()
-                    quiet_s = 2 * args.timeout_ms / 1000 + 0.1
-                    while True:
-                        select.select([reader.getfd()], [], [], args.timeout_ms / 1000)
-                        while reader.dispatch(-1, on_packet) > 0:
-                            last_packet = time.monotonic()
-                        received, dropped, _ = reader.stats()
-                        now = time.monotonic()
-                        if (counts["captured"] + dropped >= target or now - last_packet > quiet_s
-                                or now - began > MAX_DRAIN_S):
-                            break
-                    reader.close()
-                    reader = None
-                    emit({"off": True, **counts, "received": received, "dropped": dropped})
+                elif command == b"off" and capture is not None:
+                    # Everything the on-period queued is read before the answer (a consumer behind
+                    # works through its backlog here, so its whole cost is charged to this
+                    # on-period); traffic goes on meanwhile, but the frozen socket takes no more
+                    # of it. Then the handle is closed: no packet socket left to cost anything.
+                    _, received, dropped = capture.drain(on_packet)
+                    capture.close()
+                    emit({"off": True, **counts, "received": received, "dropped": dropped,
+                          "before_filter": capture.before_filter})
+                    capture = None
     finally:
-        if reader is not None:
-            reader.close()
+        if capture is not None:
+            capture.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -244,7 +244,9 @@ class _SwitchedCapture:
     def off(self) -> dict[str, Any]:
         self._say("off")
         answer = self._answer("off", RESULT_TIMEOUT_S)  # after the agent has read its whole backlog
+        # before_filter: packets the socket took in before its filter was on (read apart, not counted)
         return {"events": answer["captured"], "lost": answer["dropped"], "received": answer["received"],
+                "before_filter": answer["before_filter"],
                 **({"flags": answer["counts"]} if "counts" in answer else {})}
 
     def tasks(self) -> list[int]:

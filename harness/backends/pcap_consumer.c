@@ -13,10 +13,10 @@
 // Switched protocol (JSON lines; the same as harness/agents/pcap_capture.py --switched):
 //   {"ready": true, "pid": N, "libpcap": "..."}   nothing open yet
 //   "on"  -> opens the capture      -> {"on": true}
-//   "off" -> reads the ring until every packet the kernel had counted at the "off" was read or
-//            dropped (or the ring was quiet for longer than two block timeouts), closes the handle (no packet
-//            socket left) -> {"off": true, "captured": n, "received": n, "dropped": n,
-//            "not_tcp": n, "counts": {"client": {"syn": n, ...}, "server": {...}}}
+//   "off" -> freezes the socket (a reject-all kernel filter: nothing more enters the ring), reads
+//            the ring until every packet the kernel counted was read or dropped, closes the handle
+//            (no packet socket left) -> {"off": true, "captured": n, "received": n, "dropped": n,
+//            "before_filter": n, "not_tcp": n, "counts": {"client": {"syn": n, ...}, "server": {...}}}
 //   stdin closed -> exit 0.
 #include <arpa/inet.h>
 #include <errno.h>
@@ -27,7 +27,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/filter.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -67,23 +69,101 @@ static void on_packet(u_char *user, const struct pcap_pkthdr *h, const u_char *p
 	s->counts[side][kind]++;
 }
 
-static pcap_t *open_capture(const char *iface, const char *expression, int snaplen, int buffer, int timeout_ms,
-			    char *error)
+// "ret #0": a kernel filter that keeps no packet and counts none.
+static struct sock_filter reject_insn = BPF_STMT(BPF_RET | BPF_K, 0);
+static const struct sock_fprog reject_all = {1, &reject_insn};
+
+// Let no more packets into the ring. Set on the socket directly, not with pcap_setfilter(): libpcap
+// then re-filters in user space every block already in the ring, and a packet the new filter
+// rejects there was counted by the kernel (ps_recv) yet never reaches the callback.
+static int freeze(pcap_t *p)
+{
+	return setsockopt(pcap_fileno(p), SOL_SOCKET, SO_ATTACH_FILTER, &reject_all, sizeof reject_all);
+}
+
+struct capture {
+	pcap_t *p;
+	int timeout_ms;
+	unsigned base_recv, base_drop; // pcap_stats() at the moment the real filter went on
+	uint64_t delivered;	       // packets handed to the callback since then
+};
+
+static void stats(struct capture *c, unsigned *received, unsigned *dropped)
+{
+	struct pcap_stat st = {0};
+	pcap_stats(c->p, &st);
+	*received = st.ps_recv - c->base_recv;
+	*dropped = st.ps_drop - c->base_drop;
+}
+
+// A bounded batch: with a consumer slower than the traffic, an unbounded dispatch never returns.
+static int dispatch(struct capture *c, pcap_handler handler, u_char *user)
+{
+	int n = pcap_dispatch(c->p, 4096, handler, user);
+	if (n > 0)
+		c->delivered += (uint64_t)n;
+	return n;
+}
+
+// Freeze, then read everything the kernel counted. Exact: nothing more is counted after the freeze
+// (a packet already past the old filter on another CPU may be, so the count is read every round
+// and the one decided on is returned), and each counted packet sits in a block the kernel retires
+// within timeout_ms. A ring quiet for two retire timeouts, or 60 s, end it with the difference
+// left for the record.
+static void drain(struct capture *c, pcap_handler handler, u_char *user, unsigned *received, unsigned *dropped)
+{
+	freeze(c->p);
+	double began = now_s(), last = began;
+	for (;;) {
+		stats(c, received, dropped);
+		if (c->delivered + *dropped >= *received)
+			return;
+		struct pollfd fd = {.fd = pcap_get_selectable_fd(c->p), .events = POLLIN};
+		poll(&fd, 1, c->timeout_ms);
+		double t = now_s();
+		if (dispatch(c, handler, user) > 0)
+			last = t;
+		else if (t - last > 2 * c->timeout_ms / 1e3 + 0.1 || t - began > 60)
+			return;
+	}
+}
+
+static void ignore(u_char *user, const struct pcap_pkthdr *h, const u_char *p)
+{
+	(void)user, (void)h, (void)p;
+}
+
+// libpcap opens the socket unfiltered (pcap_activate) and filters it later (pcap_setfilter): what
+// arrives in between is frozen out, read and counted apart (*before_filter), and the counters
+// start when the real filter is on.
+static int open_capture(struct capture *c, const char *iface, const char *expression, int snaplen, int buffer,
+			int timeout_ms, unsigned *before_filter, char *error)
 {
 	pcap_t *p = pcap_create(iface, error);
 	if (!p)
-		return NULL;
+		return -1;
+	*c = (struct capture){.p = p, .timeout_ms = timeout_ms};
 	struct bpf_program filter;
+	unsigned received, dropped;
 	if (pcap_set_snaplen(p, snaplen) || pcap_set_promisc(p, 0) || pcap_set_timeout(p, timeout_ms) ||
-	    pcap_set_buffer_size(p, buffer) || pcap_activate(p) < 0 ||
-	    pcap_compile(p, &filter, expression, 1, PCAP_NETMASK_UNKNOWN) ||
-	    pcap_setfilter(p, &filter) || pcap_setnonblock(p, 1, error)) {
-		snprintf(error, PCAP_ERRBUF_SIZE, "%s", pcap_geterr(p));
-		pcap_close(p);
-		return NULL;
+	    pcap_set_buffer_size(p, buffer) || pcap_activate(p) < 0 || pcap_setnonblock(p, 1, error) ||
+	    freeze(p) || pcap_compile(p, &filter, expression, 1, PCAP_NETMASK_UNKNOWN))
+		goto fail;
+	drain(c, ignore, NULL, &received, &dropped);
+	*before_filter = (unsigned)c->delivered;
+	stats(c, &c->base_recv, &c->base_drop);
+	c->delivered = 0;
+	if (pcap_setfilter(p, &filter)) {
+		pcap_freecode(&filter);
+		goto fail;
 	}
 	pcap_freecode(&filter);
-	return p;
+	return 0;
+fail:
+	snprintf(error, PCAP_ERRBUF_SIZE, "%s", errno && !*pcap_geterr(p) ? strerror(errno) : pcap_geterr(p));
+	pcap_close(p);
+	c->p = NULL;
+	return -1;
 }
 
 int main(int argc, char **argv)
@@ -104,15 +184,15 @@ int main(int argc, char **argv)
 	}
 	printf("{\"ready\": true, \"pid\": %d, \"libpcap\": \"%s\"}\n", getpid(), pcap_lib_version());
 	fflush(stdout);
-	pcap_t *p = NULL;
+	struct capture c = {0};
 	char error[PCAP_ERRBUF_SIZE], line[64];
+	unsigned before_filter = 0;
 	size_t have = 0;
 	for (;;) {
-		struct pollfd fds[2] = {{.fd = 0, .events = POLLIN}, {.fd = p ? pcap_get_selectable_fd(p) : -1, .events = POLLIN}};
-		poll(fds, p ? 2 : 1, p ? timeout_ms : -1);
-		if (p)
-			while (pcap_dispatch(p, -1, on_packet, (u_char *)&s) > 0)
-				;
+		struct pollfd fds[2] = {{.fd = 0, .events = POLLIN}, {.fd = c.p ? pcap_get_selectable_fd(c.p) : -1, .events = POLLIN}};
+		poll(fds, c.p ? 2 : 1, c.p ? c.timeout_ms : -1);
+		if (c.p)
+			dispatch(&c, on_packet, (u_char *)&s);
 		if (!(fds[0].revents & (POLLIN | POLLHUP)))
 			continue;
 		ssize_t n = read(0, line + have, sizeof line - have - 1);
@@ -122,42 +202,25 @@ int main(int argc, char **argv)
 		char *nl;
 		while ((nl = memchr(line, '\n', have))) {
 			*nl = 0;
-			if (!strcmp(line, "on") && !p) {
+			if (!strcmp(line, "on") && !c.p) {
 				memset(s.counts, 0, sizeof s.counts);
 				s.captured = s.not_tcp = 0;
-				p = open_capture(iface, expression, snaplen, buffer, timeout_ms, error);
-				if (!p) {
+				if (open_capture(&c, iface, expression, snaplen, buffer, timeout_ms, &before_filter, error)) {
 					printf("{\"error\": \"cannot capture on %s: %s\"}\n", iface, error);
 					fflush(stdout);
 					return 2;
 				}
 				printf("{\"on\": true}\n");
-			} else if (!strcmp(line, "off") && p) {
-				// Traffic goes on while we drain: the target is what the kernel had counted when
-				// the "off" came; later packets are the next window's and die with the socket.
-				struct pcap_stat st = {0};
-				pcap_stats(p, &st);
-				unsigned target = st.ps_recv;
-				double began = now_s(), last = began;
-				for (;;) {
-					struct pollfd fd = {.fd = pcap_get_selectable_fd(p), .events = POLLIN};
-					poll(&fd, 1, timeout_ms);
-					uint64_t before = s.captured;
-					while (pcap_dispatch(p, -1, on_packet, (u_char *)&s) > 0)
-						;
-					if (s.captured != before)
-						last = now_s();
-					pcap_stats(p, &st);
-					double t = now_s();
-					if (s.captured + st.ps_drop >= target || t - last > 2 * timeout_ms / 1e3 + 0.1 ||
-					    t - began > 60)
-						break;
-				}
-				pcap_close(p);
-				p = NULL;
+			} else if (!strcmp(line, "off") && c.p) {
+				// Traffic goes on while we drain; the frozen socket takes no more of it.
+				unsigned received, dropped;
+				drain(&c, on_packet, (u_char *)&s, &received, &dropped);
+				pcap_close(c.p);
+				c.p = NULL;
 				printf("{\"off\": true, \"captured\": %llu, \"received\": %u, \"dropped\": %u, "
-				       "\"not_tcp\": %llu, \"counts\": {",
-				       (unsigned long long)s.captured, st.ps_recv, st.ps_drop, (unsigned long long)s.not_tcp);
+				       "\"before_filter\": %u, \"not_tcp\": %llu, \"counts\": {",
+				       (unsigned long long)s.captured, received, dropped, before_filter,
+				       (unsigned long long)s.not_tcp);
 				static const char *sides[3] = {"client", "server", "other"};
 				for (int d = 0; d < 3; d++) {
 					printf("%s\"%s\": {", d ? ", " : "", sides[d]);
@@ -175,7 +238,7 @@ int main(int argc, char **argv)
 		if (have >= sizeof line - 1)
 			have = 0; // a line too long to be a command
 	}
-	if (p)
-		pcap_close(p);
+	if (c.p)
+		pcap_close(c.p);
 	return 0;
 }
