@@ -11,6 +11,9 @@ Method (stated, so a reader can judge it):
 - Overhead in percent is relative to the baseline's median. A verdict needs the CI to exclude 0
   and its half-width to be at most `decide_pp` percentage points; otherwise it says "not decided,
   run longer" rather than ranking on noise.
+- A trial during which the host's CPU outside the run's cgroup (a neighbour, a daemon, kernel
+  threads) exceeded FOREIGN_TRIAL_LIMIT of its CPUs' capacity is left out of every metric (of
+  every pairing it was in) and counted under `excluded_foreign`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ RESAMPLES = 4000
 SEED = 20261126
 DECIDE_PP = 2.0  # a verdict needs a CI half-width of at most this many percentage points
 BASELINE = "none"
+FOREIGN_TRIAL_LIMIT = 0.10  # share of the CPUs' capacity used outside the run over the measured loop
+
+
+def _foreign(trial: dict[str, Any]) -> bool:
+    return (trial.get("foreign_share") or 0.0) > FOREIGN_TRIAL_LIMIT
 
 
 def observer_cpu_s(details: dict[str, Any]) -> float | None:
@@ -92,7 +100,7 @@ def _samples(cell: dict[str, Any], metric: str) -> dict[int, float]:
     read = METRICS[metric][1]
     values = {}
     for trial in cell["trials"]:
-        if trial.get("status") != "ok":
+        if trial.get("status") != "ok" or _foreign(trial):
             continue
         try:
             value = read(trial)
@@ -167,7 +175,8 @@ def analyse(run: dict[str, Any], decide_pp: float = DECIDE_PP) -> dict[str, Any]
                         }
             entry["cells"][label] = {
                 "backend": cell["backend"], "available": True, "trials": len(cell["trials"]),
-                "failed": len(failed), "lost": [t["observed"]["lost"] for t in cell["trials"] if t.get("status") == "ok"],
+                "failed": len(failed), "excluded_foreign": sum(1 for t in cell["trials"] if _foreign(t)),
+                "lost": [t["observed"]["lost"] for t in cell["trials"] if t.get("status") == "ok"],
                 "metrics": metrics, "overhead": overhead,
             }
         entry["comparisons"] = _comparisons(cells, baseline, decide_pp)

@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="folder that receives <run-id>/run.json (default ./results)")
         sub.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
         sub.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+        add_anyway(sub)
+
+    def add_anyway(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--measure-anyway", action="store_true",
+                         help="measure although the preflight finds another tracer or capture on the hooks, "
+                         "or a busy host (every result is marked); leftovers of tpbench are refused regardless")
 
     run = commands.add_parser(
         "run",
@@ -131,10 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     toggle.add_argument("--min-cycles", type=_positive_int, default=8, help="cycles before stopping (default 8)")
     toggle.add_argument("--max-s", type=_positive_float, default=120.0,
                         help="cap on each workload's windows, in seconds (default 120)")
+    toggle.add_argument("--estimator", choices=("mean", "median"), default="mean",
+                        help="of the per-cycle differences: mean (Student t CI) or median (sign-test CI, "
+                        "for heavy-tailed noise such as stream's stalls; default mean)")
     toggle.add_argument("-o", "--out", type=Path, default=Path("results"),
                         help="folder that receives <run-id>/run.json (default ./results)")
     toggle.add_argument("--json", action="store_true", help="print the analysis as JSON on stdout")
     toggle.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    add_anyway(toggle)
 
     bench = commands.add_parser(
         "bench",
@@ -281,7 +291,8 @@ def cmd_run(args: argparse.Namespace, workloads: list[str], backends: list[str],
 
     cells = plan(workloads, backends, parse_assignments(args.param))
     with _progress_display(args.quiet) as progress:
-        record = execute(cells, args.trials, args.out, progress=progress, strict=strict)
+        record = execute(cells, args.trials, args.out, progress=progress, strict=strict,
+                         measure_anyway=args.measure_anyway)
     from .report import write_outputs
 
     write_outputs(record.directory, record.data)  # analysis.json, benchmark.json
@@ -310,7 +321,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         with _progress_display(args.quiet) as progress:
             record = execute(suite, trials, args.out, progress=progress, strict=False, warmup=profile.warmup,
-                             run_id=run_id, toggle=groups, meta={"profile": profile.name,
+                             run_id=run_id, toggle=groups, measure_anyway=args.measure_anyway,
+                             meta={"profile": profile.name,
                                                   "profile_description": profile.description})
     except Interrupted:
         saved = args.out / run_id
@@ -338,10 +350,12 @@ def cmd_toggle(args: argparse.Namespace) -> int:
     plugins = {name: tuple(get_workload(name).params) for name in args.workload}
     plugins.update({name: tuple(get_backend(name).params) for name in args.backend})
     routed = split_for_plugins(parse_assignments(args.param), plugins)
-    settings = Settings(window_s=args.window, settle_s=args.settle, min_cycles=args.min_cycles, max_s=args.max_s)
+    settings = Settings(window_s=args.window, settle_s=args.settle, min_cycles=args.min_cycles, max_s=args.max_s,
+                        estimator=args.estimator)
     groups = [plan_group(w, routed[w], [(b, routed[b]) for b in args.backend], settings) for w in args.workload]
     with _progress_display(args.quiet) as progress:
-        record = execute([], 1, args.out, progress=progress, toggle=groups, meta={"mode": "toggle"})
+        record = execute([], 1, args.out, progress=progress, toggle=groups, meta={"mode": "toggle"},
+                         measure_anyway=args.measure_anyway)
     analysis = write_outputs(record.directory, record.data)
     if args.json:
         json.dump({"run_id": record.data["run_id"], "run_json": str(record.path), "headline": analysis["headline"],
@@ -389,22 +403,23 @@ def cmd_kernel(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     from netns import find_leftovers, remove_leftovers
 
-    from .system import STATE_DIR, require_root, restore_leftovers, run_lock
+    from .preflight import kill_orphan_agents
+    from .system import require_root, restore_leftovers, run_lock
 
     require_root("tpbench cleanup")
     if args.run is not None and not re.fullmatch(r"[0-9]{8}T[0-9]{6}-[0-9a-f]{4}", args.run):
         raise UsageError(f"--run takes a run id such as 20261126T140512-3fa9, not {args.run!r}")
     if args.dry_run:
-        found = find_leftovers(args.run)
-        state = sorted(p.name for p in STATE_DIR.glob("*") if p.name != "lock") if STATE_DIR.is_dir() else []
-        for kind, names in (*found.items(), ("state", state)):
-            for name in names:
-                print(f"would remove {kind[:-1] if kind.endswith('s') else kind} {name}")
-        if not any(found.values()) and not state:
+        from .preflight import leftovers
+
+        found = leftovers() if args.run is None else [f"namespace {n}" for n in find_leftovers(args.run)["namespaces"]]
+        for item in found:
+            print(f"would remove {item}")
+        if not found:
             print("nothing of tpbench's found")
         return 0
     with run_lock("cleanup", wait_s=5.0):  # never pull namespaces from under a live run
-        done = remove_leftovers(args.run) + restore_leftovers()
+        done = remove_leftovers(args.run) + restore_leftovers() + kill_orphan_agents()
     for line in done:
         print(line)
     if not done:

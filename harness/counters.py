@@ -81,6 +81,22 @@ _CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "st
 # is not in step with the tick. Paced work is: churn paced at 2,000 connections/s read 708, 3 and
 # 1 us per connection by /proc/stat in three trials, 91, 88 and 84 by cpuacct (unpaced: 37 vs 39).
 CPUACCT_USAGE = "/sys/fs/cgroup/cpuacct/cpuacct.usage"
+# The run's own cpuacct group (system.run_cgroup), set by the runner for the run's duration:
+# root usage minus this is the host's CPU that is not the run's (neighbours, kernel threads).
+RUN_CPUACCT_USAGE: str | None = None
+
+
+def own_run_cgroup_usage() -> str | None:
+    """cpuacct.usage of the run cgroup this process is in (an agent inherits the runner's), or None."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if "cpuacct" in controllers.split(",") and path.startswith("/tpbench-"):
+                    return f"/sys/fs/cgroup/cpuacct{path}/cpuacct.usage"
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def read_cpu_ticks() -> dict[str, int]:
@@ -89,11 +105,14 @@ def read_cpu_ticks() -> dict[str, int]:
     with open("/proc/stat") as f:
         first = f.readline().split()
     ticks = dict(zip(_CPU_FIELDS, map(int, first[1 : 1 + len(_CPU_FIELDS)])))
-    try:
-        with open(CPUACCT_USAGE) as f:
-            ticks["task_ns"] = int(f.read())
-    except (OSError, ValueError):
-        pass
+    for key, path in (("task_ns", CPUACCT_USAGE), ("run_ns", RUN_CPUACCT_USAGE or own_run_cgroup_usage())):
+        if path is None:
+            continue
+        try:
+            with open(path) as f:
+                ticks[key] = int(f.read())
+        except (OSError, ValueError):
+            pass
     return ticks
 
 
@@ -115,6 +134,9 @@ def cpu_seconds_delta(before: Mapping[str, int], after: Mapping[str, int]) -> di
         # tasks are not charged and /proc/stat's irq and softirq become exact: add them.
         extra = seconds["irq"] + seconds["softirq"] if irq_time_accounting() else 0.0
         rounded["cpu"] = round(rounded["task"] + extra, 6)
+        if "run_ns" in before and "run_ns" in after:  # the run's own tasks, and everything else
+            rounded["run"] = round((after["run_ns"] - before["run_ns"]) / 1e9, 6)
+            rounded["foreign"] = round(rounded["task"] - rounded["run"], 6)
     return rounded
 
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import flowmatch, toggle_stats
+from . import flowmatch, preflight, toggle_stats
 from .analysis import analyse, workload_key
 from .attribution import attribution
 from .benchjson import benchmark_json
@@ -187,9 +187,11 @@ def toggle_lines(analysis: dict[str, Any]) -> list[str]:
     for group in analysis.get("toggle", {}).get("groups", []):
         excluded = sum(group["excluded"].values())
         steal = group.get("median_steal_pct") or 0.0
+        foreign = group.get("median_foreign_pct") or 0.0
         lines.append(f"{group['workload']} (toggled, {group['cycles']} cycles, {group['windows']} windows"
                      f"{f', {excluded} excluded' if excluded else ''}"
-                     f"{f', STEAL {steal:.0f}% (a busy host: noisy)' if steal > 5 else ''}; stop: {group['stop_reason']}; "
+                     f"{f', STEAL {steal:.0f}% (a busy host: noisy)' if steal > 5 else ''}"
+                     f"{f', FOREIGN CPU {foreign:.0f}% (a neighbour)' if foreign > 5 else ''}; stop: {group['stop_reason']}; "
                      f"baseline {group['baseline_cpu_per_op_us']:.3g} us/op)"
                      + ("" if group["status"] == "complete" else f" -- {group['status'].upper()}, partial"))
         for h in group["headline"]:
@@ -211,6 +213,8 @@ def toggle_lines(analysis: dict[str, Any]) -> list[str]:
 
 
 def print_verdict(run: dict[str, Any], analysis: dict[str, Any], out: TextIO) -> None:
+    if "preflight" in run:  # older records have none
+        print(preflight.summary(run["preflight"]), file=out)
     if analysis.get("toggle", {}).get("groups"):
         print(f"run {run['run_id']} ({run['status']}), kernel {run['kernel']['release']}: "
               "do tracepoints beat libpcap here? CPU per operation, toggled", file=out)
@@ -361,6 +365,9 @@ def _header(run: dict[str, Any], analysis: dict[str, Any]) -> list[str]:
         f"- **code**: commit {git.get('commit', 'unknown')}{' (uncommitted changes)' if git.get('dirty') else ''}",
         f"- **command**: `{' '.join(run.get('command_line') or [])}`",
     ]
+    if "preflight" in run:
+        lines.insert(0, f"- **{preflight.summary(run['preflight'])}**" if run["preflight"].get("warnings")
+                     else f"- {preflight.summary(run['preflight'])}")
     if run.get("vm"):
         vm = run["vm"]
         lines.append(f"- **VM**: kernel {vm.get('release')}, "

@@ -11,6 +11,7 @@ every backend alike, and run.json is saved after every trial.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -18,11 +19,11 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from netns import Topology
 
-from . import counters, flowmatch
+from . import counters, flowmatch, preflight
 from .backends import Backend, get_backend
 from .errors import Interrupted, UsageError
 from .headers import find_headers
@@ -30,7 +31,7 @@ from .interrupts import critical
 from .kernel import KernelProbe, probe
 from .params import Param, resolve, split_for_plugins
 from .record import RunRecord, new_run_id, utc_now
-from .system import require_root, run_lock, tracefs_mounted
+from .system import require_root, run_cgroup, run_lock, tracefs_mounted
 from .toggle import Group, run_groups
 from .workloads import Workload, get_workload
 
@@ -152,9 +153,13 @@ def run_trial(cell: Cell, run_id: str) -> dict[str, Any]:
                   else (cpu_before, cpu_after))
             ),
             "cpu_scope": "measured loop" if truth.cpu_ticks else "whole workload",
+            "cpu_count": os.cpu_count() or 1,
             "observed": observation.to_dict(),
         }
     )
+    foreign = trial["cpu_seconds"].get("foreign")
+    if foreign is not None and truth.duration_s:  # the host's CPU outside the run's cgroup
+        trial["foreign_share"] = round(foreign / (truth.duration_s * trial["cpu_count"]), 4)
     if truth.flows is not None and flow_events is not None:
         scored = frozenset(flow_events.get("scored") or
                            flowmatch.scored_from_hooks(observation.details.get("hooks_attached", [])))
@@ -203,6 +208,7 @@ def execute(
     warmup: int = 0,
     meta: dict[str, Any] | None = None,
     toggle: "list[Group] | None" = None,
+    measure_anyway: bool = False,
 ) -> RunRecord:
     """Run every cell `trials` times, interleaved; returns the saved record (also on interrupt).
 
@@ -212,6 +218,8 @@ def execute(
     allocator, first-compile costs), recorded apart under "warmup".
     toggle: workloads whose overhead is measured by switching observers on and off (toggle.py),
     before the trials; their raw windows go to run.json's "toggle".
+    measure_anyway: measure on a host the preflight finds unfit (foreign tracers or captures, a
+    busy host), marking the record and every cell; tpbench's own leftovers are refused regardless.
     """
     require_root("tpbench run")
     toggle = toggle or []
@@ -219,7 +227,7 @@ def execute(
         raise UsageError("--trials must be >= 1")
     run_id = run_id or new_run_id()
     say = progress or (lambda done, total, message: None)
-    with run_lock(run_id), tracefs_mounted():
+    with _fit_host(run_id, measure_anyway, say) as fitness:
         kernel_probe = probe()
         availability = {cell.label: cell.backend.availability(kernel_probe) for cell in cells}
         refused = [f"{c.backend.name}: {availability[c.label].reason}" for c in cells
@@ -244,7 +252,7 @@ def execute(
         except OSError as exc:
             raise UsageError(f"cannot create the run folder {directory}: {exc.strerror}") from None
         record = RunRecord(directory, run_id, {**_meta(kernel_probe, headers.to_dict(), cells, trials),
-                                               **(meta or {})})
+                                               "preflight": fitness, **(meta or {})})
         # keyed by the cell object: labels name a backend setting and repeat across workload groups
         # (a sweep measures churn/none at several rates), so they cannot key the cells
         runnable: dict[int, dict[str, Any]] = {}
@@ -259,6 +267,7 @@ def execute(
                     "available": availability[cell.label].available,
                     "availability": availability[cell.label].reason,
                     "missing_hooks": list(availability[cell.label].missing_hooks),
+                    **({"warnings": fitness["warnings"]} if fitness["warnings"] else {}),
                 }
             )
             if availability[cell.label].available:
@@ -275,6 +284,10 @@ def execute(
         warmups = [cell for _, cell in warmups] * warmup
         record.data["warmup"] = []
         started = time.monotonic()
+        cgroup = run_cgroup(run_id)  # entered here, left in the finally below (the whole measurement)
+        group_dir = cgroup.__enter__()
+        counters.RUN_CPUACCT_USAGE = str(group_dir / "cpuacct.usage") if group_dir else None
+        record.data["run_cgroup"] = str(group_dir) if group_dir else None
         try:
             if toggle:
                 record.data["toggle"] = []
@@ -313,8 +326,28 @@ def execute(
         except Interrupted as exc:
             record.finish("interrupted", str(exc))
             raise
+        finally:
+            counters.RUN_CPUACCT_USAGE = None
+            cgroup.__exit__(None, None, None)
         record.finish("complete")
     return record
+
+
+@contextlib.contextmanager
+def _fit_host(run_id: str, measure_anyway: bool, say: Progress) -> Iterator[dict[str, Any]]:
+    """The run lock, the preflight (preflight.py) and tracefs mounted, in that order: under the
+    lock nothing found can be a live run's, and tpbench's leftovers are looked for before this run
+    makes state of its own (its tracefs mount marker)."""
+    with run_lock(run_id):
+        say(None, None, "preflight: leftovers, foreign tracers and captures, background CPU")
+        left = preflight.leftovers()
+        with tracefs_mounted():
+            fitness = preflight.check(left)
+            preflight.enforce(fitness, measure_anyway)
+            fitness["measured_anyway"] = bool(fitness["warnings"])
+            for warning in fitness["warnings"]:
+                say(None, None, f"WARNING (measuring anyway): {warning}")
+            yield fitness
 
 
 def _trial_line(trial: dict[str, Any], cell: Cell) -> str:

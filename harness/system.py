@@ -3,9 +3,11 @@ can undo it after a crash (SIGKILL leaves no chance to run finally blocks).
 
 Everything lives under /run/tpbench (tmpfs: a reboot forgets it, as it forgets the changes):
   lock                 held (flock) by the one run allowed at a time; holds "pid run-id"
-  tracefs-mounted      present while tpbench has mounted tracefs that was not mounted before
+  tracefs-mounted      present while tpbench has mounted tracefs that was not mounted before;
+                       holds "path pid" (the mounting process: a leftover only once it is dead)
   sysctl-<name>        the value a sysctl had before tpbench changed it
   counter-<run>-<wl>   a live workload's shared operation counter (toggled measurement)
+and, outside it, the run's own cpuacct cgroup /sys/fs/cgroup/cpuacct/tpbench-<run> (run_cgroup).
 """
 
 from __future__ import annotations
@@ -78,6 +80,62 @@ def run_lock(run_id: str, wait_s: float = 0.0) -> Iterator[None]:
         os.close(fd)  # closing releases the flock
 
 
+CPUACCT_ROOT = Path("/sys/fs/cgroup/cpuacct")
+RUN_CGROUP_PREFIX = "tpbench-"
+
+
+@contextlib.contextmanager
+def run_cgroup(run_id: str) -> Iterator[Path | None]:
+    """The run in its own cgroup v1 cpuacct group, so the host's CPU that is not the run's own (a
+    neighbour, a daemon, kernel threads) is measured apart: root usage minus the run's.
+
+    The runner moves itself in; every process it starts afterwards inherits the group. Yields the
+    group's directory, or None where cgroup v1 cpuacct is not mounted (then nothing is split).
+    On exit the runner moves back and removes the group; after a crash `tpbench cleanup` does."""
+    if not (CPUACCT_ROOT / "cpuacct.usage").exists() or os.geteuid() != 0:
+        yield None
+        return
+    group = CPUACCT_ROOT / f"{RUN_CGROUP_PREFIX}{run_id}"
+    try:
+        group.mkdir()
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+    except OSError:
+        with contextlib.suppress(OSError):
+            group.rmdir()
+        yield None
+        return
+    try:
+        yield group
+    finally:
+        with contextlib.suppress(OSError):
+            (CPUACCT_ROOT / "cgroup.procs").write_text(str(os.getpid()))
+        remove_cgroup(group, wait_s=2.0)
+
+
+def remove_cgroup(group: Path, wait_s: float = 0.0) -> list[int]:
+    """Kill what is left in a run cgroup (only tpbench puts processes there) and remove it;
+    returns the pids killed. A group whose last task is still exiting is retried for wait_s."""
+    killed = []
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+        except OSError:
+            return killed
+        for pid in pids:
+            if pid != os.getpid():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+        try:
+            group.rmdir()
+            return killed
+        except OSError:
+            if time.monotonic() > deadline:
+                return killed
+            time.sleep(0.02)
+
+
 def tracefs_path() -> Path | None:
     """Where tracefs is mounted now, or None."""
     for path in TRACEFS_PATHS:
@@ -102,7 +160,7 @@ def tracefs_mounted() -> Iterator[Path]:
     target = TRACEFS_PATHS[0]
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     marker = STATE_DIR / "tracefs-mounted"
-    marker.write_text(str(target))
+    marker.write_text(f"{target} {os.getpid()}")
     result = subprocess.run(
         ["mount", "-t", "tracefs", "nodev", str(target)], capture_output=True, text=True
     )
@@ -114,6 +172,23 @@ def tracefs_mounted() -> Iterator[Path]:
     finally:
         unmount_tracefs(target)
         marker.unlink(missing_ok=True)
+
+
+def mount_holder_alive(marker: Path) -> bool:
+    """Whether the process that wrote a tracefs-mounted marker still runs (then it is no leftover:
+    it unmounts when it is done). Markers of older versions name no process: leftovers."""
+    try:
+        fields = marker.read_text().split()
+        pid = int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def unmount_tracefs(target: Path) -> bool:
@@ -162,8 +237,8 @@ def restore_leftovers() -> list[str]:
         saved.unlink()
         done.append(f"restored sysctl {name} = {value}")
     marker = STATE_DIR / "tracefs-mounted"
-    if marker.exists():
-        target = Path(marker.read_text().strip())
+    if marker.exists() and not mount_holder_alive(marker):
+        target = Path(marker.read_text().split()[0])
         if (target / "events").is_dir() and unmount_tracefs(target):
             done.append(f"unmounted tracefs at {target} (mounted by a crashed run)")
         marker.unlink()
@@ -171,6 +246,10 @@ def restore_leftovers() -> list[str]:
         counter.unlink(missing_ok=True)
         done.append(f"removed {counter}")
     done += remove_stale_tracefs_instances()
+    for group in sorted(CPUACCT_ROOT.glob(f"{RUN_CGROUP_PREFIX}*")) if CPUACCT_ROOT.is_dir() else []:
+        killed = remove_cgroup(group, wait_s=2.0)
+        extra = f" (killed pids {', '.join(map(str, killed))})" if killed else ""
+        done.append(f"removed cgroup {group}{extra}" if not group.exists() else f"left cgroup {group}: busy")
     return done
 
 

@@ -14,8 +14,9 @@ the mean (../shared/KERNEL-FACTS.md). So, per workload:
     -> until every headline comparison and the A/A control is decided (CI half-width <= 2 pp)
        after `min_cycles`, or the workload's time cap.
 
-A sample holds the live operation count, the root cpuacct's ns-exact task runtime, /proc/stat
-(steal) and each observer's own processes' ns-exact runtime (/proc/<pid>/task/*/schedstat).
+A sample holds the live operation count, the root cpuacct's ns-exact task runtime, the run's own
+cpuacct group's (the rest is the host's CPU that is not the run's: foreign), /proc/stat (steal)
+and each observer's own processes' ns-exact runtime (/proc/<pid>/task/*/schedstat).
 Everything raw goes into run.json (`toggle`, saved after every cycle); toggle_stats.py computes
 the per-window costs and the statistics from it alone. Fidelity stays with the trials.
 """
@@ -33,7 +34,7 @@ from typing import Any, Callable
 
 from netns import Topology
 
-from . import toggle_stats
+from . import counters, toggle_stats
 from .backends import Backend, get_backend
 from .counters import CPUACCT_USAGE
 from .errors import Interrupted, UsageError
@@ -66,6 +67,7 @@ class Settings:
     min_cycles: int = 8  # run even past max_s
     max_s: float = 120.0  # cap on the windows' wall time for one workload
     decide_pp: float = toggle_stats.DECIDE_PP
+    estimator: str = "mean"  # of the per-cycle differences: "mean" (Student t) or "median" (sign test)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -141,8 +143,9 @@ class Sampler:
     def __call__(self) -> dict[str, Any]:
         with open("/proc/stat") as f:
             stat = [int(v) for v in f.readline().split()[1:9]]  # user .. steal, USER_HZ ticks
+        run = counters.RUN_CPUACCT_USAGE
         return {"t": round(time.monotonic(), 6), "ops": self.live.operations(), "cpu_ns": _read_int(CPUACCT_USAGE),
-                "stat": stat, "tasks": {label: _task_ns(pids) for label, pids in self.tasks.items()}}
+                "run_ns": _read_int(run) if run else None, "stat": stat, "tasks": {label: _task_ns(pids) for label, pids in self.tasks.items()}}
 
 
 Say = Callable[[str], None]

@@ -12,9 +12,13 @@ Method (stated, so a reader can judge it):
   Student's t on those per-cycle differences (n - 1 degrees of freedom): cycles are short and
   randomized, so slow drift cancels within a cycle and the differences are close to independent
   (tests/unit/test_toggle_stats.py simulates drift plus autocorrelated noise and finds ~95% coverage).
+  A workload whose noise has heavy tails (stream: brief stalls every ~10 s whatever is attached)
+  is summarised by the median of the differences instead, with the sign test's distribution-free
+  interval (order statistics; coverage >= 95% whatever the shape); each group names its estimator.
 - Percentages are of the no-observer arms' mean cost per operation.
 - A cycle whose windows' mean steal time exceeds the run's median cycle by more than STEAL_LIMIT
-  of their CPU capacity is excluded, every arm of it alike (a hypervisor taking the CPUs away makes every operation dearer, measured:
+  of their CPU capacity, or whose CPU outside the run's own cgroup (a neighbour, a daemon) exceeds
+  the median cycle's by more than FOREIGN_LIMIT, is excluded, every arm of it alike (a hypervisor taking the CPUs away makes every operation dearer, measured:
   +20-80% per operation at 25-35% steal; per window it would be biased, since a window that leaves
   vCPUs idle shows more steal than a busy one), and the exclusions are counted.
 - Decided: CI half-width <= DECIDE_PP percentage points; then A is cheaper (CI below 0), B is
@@ -34,6 +38,7 @@ from scipy import stats as scipy_stats
 DECIDE_PP = 2.0
 CONFIDENCE = 0.95
 STEAL_LIMIT = 0.10  # share of the window's CPU capacity (cpus x wall time)
+FOREIGN_LIMIT = 0.05  # CPU outside the run's cgroup: a neighbour, a daemon, kernel threads
 BASELINE_ROLES = ("baseline", "aa")
 STATE_HOOKS = {"state", "destroy"}  # what tcpstates/tcplife need
 
@@ -81,13 +86,18 @@ def window_costs(entry: dict[str, Any]) -> list[dict[str, Any]]:
         attributed = own_period * wall / traffic_s if traffic_s > 0 else 0
         cost = cpu_ns - observers + attributed
         steal = (end["stat"][7] - start["stat"][7]) / (hz * wall * cpus) if wall > 0 else 0.0
+        foreign = None  # the host's CPU outside the run's cgroup, as a share of the CPUs' capacity
+        if start.get("run_ns") is not None and end.get("run_ns") is not None and start["cpu_ns"] is not None \
+                and end["cpu_ns"] is not None and wall > 0:
+            foreign = (cpu_ns - (end["run_ns"] - start["run_ns"])) / (wall * cpus * 1e9)
         excluded = "no operations" if ops <= 0 else None
         period_ops = closing["ops"] - on["ops"]
         out.append({
             "cycle": w["cycle"], "arm": w["arm"], "ops": ops, "wall_s": wall, "rate": ops / wall if wall else None,
             "cost_ns": cost, "cpu_ns": cpu_ns, "observer_ns": observers, "attributed_ns": attributed,
             "own_period_ns": own_period, "period_ops": period_ops,
-            "cpu_per_op_us": cost / ops / 1e3 if ops > 0 else None, "steal_share": steal, "excluded": excluded,
+            "cpu_per_op_us": cost / ops / 1e3 if ops > 0 else None, "steal_share": steal,
+            "foreign_share": foreign, "excluded": excluded,
             "events": (w.get("off") or {}).get("events"), "lost": (w.get("off") or {}).get("lost"),
             "run_time_ns": (w.get("off") or {}).get("run_time_ns"),
         })
@@ -96,20 +106,23 @@ def window_costs(entry: dict[str, Any]) -> list[dict[str, Any]]:
     # So whole cycles go, for every arm alike.
     # The bar is relative to the run's own level: a host with steady steal is flagged (report,
     # `median_steal`), not emptied; a burst above it is what distorts a cycle.
-    by_cycle: dict[int, list[float]] = {}
-    for c in out:
-        by_cycle.setdefault(c["cycle"], []).append(c["steal_share"])
-    cycle_steal = {cycle: statistics.fmean(v) for cycle, v in by_cycle.items()}
-    bar = steal_bar(list(cycle_steal.values()))
-    for c in out:
-        if not c["excluded"] and cycle_steal[c["cycle"]] > bar:
-            c["excluded"] = "steal"
+    # A neighbour (CPU outside the run's cgroup) that appears mid-run is judged the same way.
+    for key, limit, reason in (("steal_share", STEAL_LIMIT, "steal"), ("foreign_share", FOREIGN_LIMIT, "foreign")):
+        by_cycle: dict[int, list[float]] = {}
+        for c in out:
+            if c[key] is not None:
+                by_cycle.setdefault(c["cycle"], []).append(c[key])
+        cycle_mean = {cycle: statistics.fmean(v) for cycle, v in by_cycle.items()}
+        bar = steal_bar(list(cycle_mean.values()), limit)
+        for c in out:
+            if not c["excluded"] and cycle_mean.get(c["cycle"], 0.0) > bar:
+                c["excluded"] = reason
     return out
 
 
-def steal_bar(cycle_steal: list[float]) -> float:
-    """Cycles above the median cycle's steal share plus STEAL_LIMIT are excluded."""
-    return (statistics.median(cycle_steal) if cycle_steal else 0.0) + STEAL_LIMIT
+def steal_bar(cycle_shares: list[float], limit: float = STEAL_LIMIT) -> float:
+    """Cycles above the median cycle's share (steal, or foreign CPU) plus `limit` are excluded."""
+    return (statistics.median(cycle_shares) if cycle_shares else 0.0) + limit
 
 
 def t_interval(diffs: list[float]) -> tuple[float, float | None, float | None]:
@@ -122,6 +135,24 @@ def t_interval(diffs: list[float]) -> tuple[float, float | None, float | None]:
     return mean, mean - half, mean + half
 
 
+def median_interval(diffs: list[float]) -> tuple[float, float | None, float | None]:
+    """Median and distribution-free 95% interval of independent differences: order statistics
+    d(k) and d(n-k+1), k the largest with P(Binomial(n, 1/2) < k) <= 2.5% (the sign test's;
+    coverage >= 95% whatever the noise's shape). None below 6 differences (no such k)."""
+    n = len(diffs)
+    median = statistics.median(diffs) if diffs else math.nan
+    ordered = sorted(diffs)
+    k = 0
+    while k + 1 <= n and float(scipy_stats.binom.cdf(k, n, 0.5)) <= (1 - CONFIDENCE) / 2:
+        k += 1  # P(B <= k-1) <= alpha/2 holds for the new k
+    if k < 1:
+        return median, None, None
+    return median, ordered[k - 1], ordered[n - k]
+
+
+ESTIMATORS = {"mean": t_interval, "median": median_interval}
+
+
 def _by_cycle(costs: list[dict[str, Any]], labels: list[str]) -> dict[int, float]:
     """cycle -> mean cost per operation of these arms' usable windows in it."""
     values: dict[int, list[float]] = {}
@@ -132,11 +163,11 @@ def _by_cycle(costs: list[dict[str, Any]], labels: list[str]) -> dict[int, float
 
 
 def compare(costs: list[dict[str, Any]], a: list[str], b: list[str], scale_us: float,
-            decide_pp: float = DECIDE_PP) -> dict[str, Any]:
+            decide_pp: float = DECIDE_PP, estimator: str = "mean") -> dict[str, Any]:
     """A - B in us per operation and in percent of `scale_us`, paired per cycle."""
     va, vb = _by_cycle(costs, a), _by_cycle(costs, b)
     diffs = [va[c] - vb[c] for c in sorted(set(va) & set(vb))]
-    mean, low, high = t_interval(diffs)
+    mean, low, high = ESTIMATORS[estimator](diffs)
     pct = (lambda v: None if v is None or not scale_us else v / scale_us * 100)
     half = None if low is None else pct((high - low) / 2)
     decided = half is not None and half <= decide_pp
@@ -150,7 +181,8 @@ def compare(costs: list[dict[str, Any]], a: list[str], b: list[str], scale_us: f
         outcome = "no_difference"
     return {"n": len(diffs), "diff_us": mean if diffs else None, "ci_us": [low, high],
             "diff_pct": pct(mean) if diffs else None, "ci_pct": [pct(low), pct(high)],
-            "half_width_pp": half, "decided": decided, "outcome": outcome, "method": "toggle"}
+            "half_width_pp": half, "decided": decided, "outcome": outcome, "method": "toggle",
+            "estimator": estimator}
 
 
 def headline_pairs(arms: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -165,6 +197,7 @@ def headline_pairs(arms: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dic
 
 def analyse_group(entry: dict[str, Any], decide_pp: float = DECIDE_PP) -> dict[str, Any]:
     arms = entry.get("arms") or []
+    estimator = (entry.get("settings") or {}).get("estimator", "mean")
     costs = window_costs(entry)
     base_labels = [a["label"] for a in arms if a["role"] in BASELINE_ROLES]
     base_values = [c["cpu_per_op_us"] for c in costs if c["arm"] in base_labels and not c["excluded"]
@@ -173,12 +206,16 @@ def analyse_group(entry: dict[str, Any], decide_pp: float = DECIDE_PP) -> dict[s
     result: dict[str, Any] = {
         "workload": entry.get("workload"), "params": entry.get("params"), "status": entry.get("status"),
         "cycles": entry.get("cycles", len({c["cycle"] for c in costs})), "windows": len(costs),
-        "stop_reason": entry.get("stop_reason"), "baseline_cpu_per_op_us": scale,
-        "excluded": {reason: sum(1 for c in costs if c["excluded"] == reason) for reason in ("steal", "no operations")},
+        "stop_reason": entry.get("stop_reason"), "baseline_cpu_per_op_us": scale, "estimator": estimator,
+        "excluded": {reason: sum(1 for c in costs if c["excluded"] == reason)
+                     for reason in ("steal", "foreign", "no operations")},
         "exclusion_rule": f"a cycle whose windows' mean steal share exceeds the median cycle's by more than "
-                          f"{STEAL_LIMIT:.0%} of their CPU capacity is left out for every arm; a window that "
-                          "counted no operation is left out",
+                          f"{STEAL_LIMIT:.0%} of their CPU capacity, or whose CPU outside the run's cgroup "
+                          f"(foreign) exceeds the median cycle's by more than {FOREIGN_LIMIT:.0%}, is left out "
+                          "for every arm; a window that counted no operation is left out",
         "median_steal_pct": 100 * statistics.median([c["steal_share"] for c in costs]) if costs else None,
+        "median_foreign_pct": (100 * statistics.median(f) if (f := [c["foreign_share"] for c in costs
+                                                                     if c["foreign_share"] is not None]) else None),
         "arms": {}, "comparisons": [], "headline": [],
     }
     if not arms or not costs:
@@ -196,23 +233,23 @@ def analyse_group(entry: dict[str, Any], decide_pp: float = DECIDE_PP) -> dict[s
             row["events_per_op"] = sum(events) / ops if ops and events else None
             row["lost"] = sum(c["lost"] or 0 for c in mine)
         if arm["role"] == "observer":
-            row["overhead"] = compare(costs, [arm["label"]], base_labels, scale, decide_pp)
+            row["overhead"] = compare(costs, [arm["label"]], base_labels, scale, decide_pp, estimator)
             row["cross_check"] = _cross_check(mine, row["overhead"])
         result["arms"][arm["label"]] = row
     aa_labels = [a["label"] for a in arms if a["role"] == "aa"]
     main = [a["label"] for a in arms if a["role"] == "baseline"]
-    aa = compare(costs, aa_labels, main, scale, decide_pp) if aa_labels and main else None
+    aa = compare(costs, aa_labels, main, scale, decide_pp, estimator) if aa_labels and main else None
     result["aa"] = aa and {"workload": entry.get("workload"), "a": aa_labels[0], "b": main[0], **aa}
     observers = [a for a in arms if a["role"] == "observer"]
     for i, a in enumerate(observers):
         for b in observers[i + 1:]:
             result["comparisons"].append({"a": a["label"], "b": b["label"],
-                                          **compare(costs, [a["label"]], [b["label"]], scale, decide_pp)})
+                                          **compare(costs, [a["label"]], [b["label"]], scale, decide_pp, estimator)})
     for a, b in headline_pairs(arms):
         found = next(c for c in result["comparisons"] if {c["a"], c["b"]} == {a["label"], b["label"]})
         if found["a"] != a["label"]:  # the headline always says tracepoint - pcap
             found = {"a": a["label"], "b": b["label"],
-                     **compare(costs, [a["label"]], [b["label"]], scale, decide_pp)}
+                     **compare(costs, [a["label"]], [b["label"]], scale, decide_pp, estimator)}
         consumers = {a.get("consumer"), b.get("consumer")}
         result["headline"].append({"workload": entry.get("workload"),
                                    "level": a["level"] if a["level"] == b["level"] else "mixed",

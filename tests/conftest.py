@@ -29,6 +29,19 @@ def tpbench(*args: str, check: bool = False, user: str | None = None, timeout: f
     return result
 
 
+def wait_for(condition, timeout_s: float = 60.0, what: str = "condition"):
+    """Poll `condition` until it returns something true (returned), or fail after timeout_s."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def leftovers() -> dict:
     """Everything of ours an independent look at the system finds (iproute2, not our own code)."""
     spaces = [line.split()[0] for line in subprocess.run(
@@ -61,7 +74,9 @@ class FtraceCount:
         self.filter_expr = filter_expr
         self.buffer_kb = buffer_kb
         self.mount = tracefs_mounted()
-        self.name = f"tpbtest-{secrets.token_hex(3)}"
+        # not tpb*: tpbench's own instances are leftovers to its preflight; this one is foreign
+        # (an enabled event on a measured hook), so runs beside it pass --measure-anyway
+        self.name = f"indep-{secrets.token_hex(3)}"
         self.count: int | None = None
         self.overrun: int | None = None
 

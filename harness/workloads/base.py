@@ -12,6 +12,7 @@ import json
 import select
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -143,23 +144,30 @@ class Agent:
             self.argv = [str(executable), *args]
         else:
             self.argv = [sys.executable, "-m", f"harness.agents.{module}", *args]
+        # stderr goes to an unlinked file, never to a pipe nobody reads while the agent runs:
+        # an agent with more to say than a pipe holds (64 KiB) would block in write() for good
+        self.stderr = tempfile.TemporaryFile(mode="w+", prefix="tpbench-agent-")
         self.process = host.popen(
             self.argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self.stderr,
             text=True,
             preexec_fn=die_with_runner,
         )
+
+    def stderr_tail(self) -> str:
+        """The last line the agent wrote on stderr, or 'no output'."""
+        self.stderr.seek(0)
+        lines = self.stderr.read().strip().splitlines()
+        return lines[-1] if lines else "no output"
 
     def read_message(self, what: str) -> dict[str, Any]:
         line = self.process.stdout.readline()
         if not line:
             self.process.wait(timeout=5)
-            error = self.process.stderr.read().strip().splitlines()
             raise WorkloadError(
-                f"{self.host.role} agent exited ({self.process.returncode}) before {what}: "
-                f"{error[-1] if error else 'no output'}"
+                f"{self.host.role} agent exited ({self.process.returncode}) before {what}: {self.stderr_tail()}"
             )
         return json.loads(line)
 
@@ -191,7 +199,7 @@ class Agent:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+        for stream in (self.process.stdin, self.process.stdout, self.stderr):
             if stream and not stream.closed:
                 stream.close()
 

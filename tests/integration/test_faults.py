@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.system import read_sysctl
-from tests.conftest import REPO, TPBENCH, leftovers, tpbench
+from tests.conftest import REPO, TPBENCH, leftovers, tpbench, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -21,16 +21,6 @@ def _start(out: Path, connections: int, trials: int) -> subprocess.Popen:
         [*TPBENCH, "run", "-w", "churn", "-p", f"connections={connections}", "-n", str(trials), "-o", str(out)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-
-
-def _wait_for(condition, timeout_s: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _alive(pid: int) -> bool:
@@ -52,19 +42,27 @@ def test_sigkill_mid_workload_then_cleanup_removes_every_leftover(tmp_path):
     before = leftovers()
     run = _start(tmp_path, connections=5_000_000, trials=1)
     try:
-        found = _wait_for(lambda: set(leftovers()["namespaces"]) - set(before["namespaces"]),
+        found = wait_for(lambda: set(leftovers()["namespaces"]) - set(before["namespaces"]),
                           what="the run's namespaces")
         # the agents are churning inside them: wait for them rather than for a fixed time
-        _wait_for(lambda: all(pids_in_netns(name) for name in found), what="agents inside the namespaces")
+        wait_for(lambda: all(pids_in_netns(name) for name in found), what="agents inside the namespaces")
         agents = {pid for name in found for pid in pids_in_netns(name)}
     finally:
         run.kill()
         run.wait()
     # every agent (and every churn worker it forked) dies with its runner: PR_SET_PDEATHSIG
-    _wait_for(lambda: not any(_alive(pid) for pid in agents), timeout_s=1.0,
+    wait_for(lambda: not any(_alive(pid) for pid in agents), timeout_s=1.0,
               what=f"the agents {sorted(agents)} to die with their runner")
     assert not any(pids_in_netns(name) for name in found)
     assert set(leftovers()["namespaces"]) >= found  # SIGKILL gave the run no chance to clean up
+    # until cleanup has run, the next run refuses with one line that names what was left
+    for _ in range(2):
+        refused = tpbench("run", "-q", "-p", "connections=10", "-o", str(tmp_path / "next"))
+        assert refused.returncode == 2, refused.stderr
+        [line] = refused.stderr.strip().splitlines()
+        assert line.startswith("tpbench: error: an earlier run left namespace tpb-"), line
+        assert line.endswith("run `tpbench cleanup` first"), line
+        assert not (tmp_path / "next").exists()
     result = tpbench("cleanup", check=True)
     for name in found:
         assert f"removed namespace {name}" in result.stdout, result.stdout
@@ -72,13 +70,14 @@ def test_sigkill_mid_workload_then_cleanup_removes_every_leftover(tmp_path):
     assert leftovers() == before, (result.stdout, before)
     again = tpbench("cleanup", check=True).stdout.strip()
     assert again == "nothing of tpbench's found", again
+    assert tpbench("run", "-q", "-p", "connections=10", "-o", str(tmp_path / "next")).returncode == 0
 
 
 def test_sigterm_keeps_finished_trials_and_removes_everything(tmp_path):
     before = leftovers()
     run = _start(tmp_path, connections=20_000, trials=50)
     try:
-        _wait_for(lambda: (r := _record(tmp_path)) and r["cells"][0]["trials"], what="a finished trial")
+        wait_for(lambda: (r := _record(tmp_path)) and r["cells"][0]["trials"], what="a finished trial")
         # while it runs, a second run is refused: it would share the CPUs being measured
         second = tpbench("run", "-p", "connections=10", "-o", str(tmp_path / "second"))
         assert second.returncode == 2
