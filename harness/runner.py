@@ -339,7 +339,6 @@ def _fit_host(run_id: str, measure_anyway: bool, say: Progress) -> Iterator[dict
     lock nothing found can be a live run's, and tpbench's leftovers are looked for before this run
     makes state of its own (its tracefs mount marker)."""
     with run_lock(run_id):
-        say(None, None, "preflight: leftovers, foreign tracers and captures, background CPU")
         left = preflight.leftovers()
         with tracefs_mounted():
             fitness = preflight.check(left)

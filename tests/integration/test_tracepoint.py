@@ -16,10 +16,10 @@ pytestmark = pytest.mark.root
 CHURN_PORT_FILTER = "sport == 7000 || dport == 7000"  # churn's server port: every socket of the run
 
 
-def _run(*params: str, backend: str = "tracepoint", tmp_path, beside_ftrace: bool = False) -> dict:
-    """beside_ftrace: an independent tracer is on the hook, which the preflight refuses without
-    --measure-anyway (and then records)."""
-    anyway = ["--measure-anyway"] if beside_ftrace else []
+def _run(*params: str, backend: str = "tracepoint", tmp_path, anyway: bool = False) -> dict:
+    """anyway: an independent tracer on the hook, or foreign traffic keeping a CPU busy, which the
+    preflight refuses without --measure-anyway (and then records)."""
+    anyway = ["--measure-anyway"] if anyway else []
     result = tpbench("run", "-b", backend, "-w", "churn", "-p", ",".join(params), "--json", "-o", str(tmp_path),
                      *anyway)
     assert result.returncode == 0, result.stderr
@@ -74,7 +74,7 @@ def _check_churn_accounting(trial: dict, connections: int, ftrace_states: int | 
 
 def test_stream_mode_sees_every_churn_transition_that_an_independent_tracer_sees(tmp_path):
     with FtraceCount("sock:inet_sock_set_state", CHURN_PORT_FILTER) as ftrace:
-        trial = _run("connections=2000", "mode=stream", tmp_path=tmp_path, beside_ftrace=True)
+        trial = _run("connections=2000", "mode=stream", tmp_path=tmp_path, anyway=True)
     assert ftrace.overrun == 0
     _check_churn_accounting(trial, 2000, ftrace.count)
     details = trial["observed"]["details"]
@@ -90,7 +90,7 @@ def test_stream_mode_sees_every_churn_transition_that_an_independent_tracer_sees
 
 def test_aggregate_mode_counts_in_the_kernel_with_the_same_accounting(tmp_path):
     with FtraceCount("sock:inet_sock_set_state", CHURN_PORT_FILTER) as ftrace:
-        trial = _run("connections=2000", "mode=aggregate", tmp_path=tmp_path, beside_ftrace=True)
+        trial = _run("connections=2000", "mode=aggregate", tmp_path=tmp_path, anyway=True)
     _check_churn_accounting(trial, 2000, ftrace.count)
     assert trial["observed"]["details"]["mode"] == "aggregate"
     assert "consumer_cpu_s" not in trial["observed"]["details"]
@@ -146,7 +146,7 @@ def test_the_hosts_other_tcp_traffic_is_filtered_out_in_the_kernel(tmp_path):
     foreign = subprocess.Popen([sys.executable, "-c", LOOPBACK_CHURN, "30"])
     try:
         time.sleep(0.2)
-        trial = _run("connections=2000", tmp_path=tmp_path)
+        trial = _run("connections=2000", tmp_path=tmp_path, anyway=True)
     finally:
         foreign.kill()
         foreign.wait()
