@@ -149,6 +149,18 @@ class Sampler:
 
 
 Say = Callable[[str], None]
+SLICE_S = 0.1  # the live counter is read this often inside a window (a memory load): stalls show
+
+
+def _slices(live: LiveTraffic, until: float) -> list[list[float]]:
+    """[t, operations] every SLICE_S until `until` (monotonic): the window's rate, slice by slice."""
+    out = []
+    while True:
+        now = time.monotonic()
+        if now >= until:
+            return out
+        time.sleep(min(SLICE_S, until - now))
+        out.append([round(time.monotonic(), 6), live.operations()])
 
 
 def measure(group: Group, run_id: str, entry: dict[str, Any], save: Callable[[], None], say: Say,
@@ -186,7 +198,7 @@ def measure(group: Group, run_id: str, entry: dict[str, Any], save: Callable[[],
                     switches[label].on()
                 time.sleep(settings.settle_s)
                 window["start"] = sample()
-                time.sleep(settings.window_s)
+                window["slices"] = _slices(live, window["start"]["t"] + settings.window_s)
                 window["end"] = sample()
                 with critical():
                     window["off"] = switches[label].off()

@@ -15,6 +15,9 @@ Method (stated, so a reader can judge it):
   A workload whose noise has heavy tails (stream: brief stalls every ~10 s whatever is attached)
   is summarised by the median of the differences instead, with the sign test's distribution-free
   interval (order statistics; coverage >= 95% whatever the shape); each group names its estimator.
+- A stalled window (one 0.1 s slice of the live counter below STALL_RATIO of the window's median
+  slice rate) is left out, but only while the stalls spread over the arms as chance would
+  (binomial test): stalls that follow an arm are its cost, and are kept.
 - Percentages are of the no-observer arms' mean cost per operation.
 - A cycle whose windows' mean steal time exceeds the run's median cycle by more than STEAL_LIMIT
   of their CPU capacity, or whose CPU outside the run's own cgroup (a neighbour, a daemon) exceeds
@@ -39,6 +42,8 @@ DECIDE_PP = 2.0
 CONFIDENCE = 0.95
 STEAL_LIMIT = 0.10  # share of the window's CPU capacity (cpus x wall time)
 FOREIGN_LIMIT = 0.05  # CPU outside the run's cgroup: a neighbour, a daemon, kernel threads
+STALL_RATIO = 0.4  # a window stalled: one 0.1 s slice ran below this share of its median slice rate
+STALL_P = 0.01  # stalls follow an arm (binomial test, one-sided) when less likely than this by chance
 BASELINE_ROLES = ("baseline", "aa")
 STATE_HOOKS = {"state", "destroy"}  # what tcpstates/tcplife need
 
@@ -92,12 +97,13 @@ def window_costs(entry: dict[str, Any]) -> list[dict[str, Any]]:
             foreign = (cpu_ns - (end["run_ns"] - start["run_ns"])) / (wall * cpus * 1e9)
         excluded = "no operations" if ops <= 0 else None
         period_ops = closing["ops"] - on["ops"]
+        stalled = _stalled(start, w.get("slices"), end)
         out.append({
             "cycle": w["cycle"], "arm": w["arm"], "ops": ops, "wall_s": wall, "rate": ops / wall if wall else None,
             "cost_ns": cost, "cpu_ns": cpu_ns, "observer_ns": observers, "attributed_ns": attributed,
             "own_period_ns": own_period, "period_ops": period_ops,
             "cpu_per_op_us": cost / ops / 1e3 if ops > 0 else None, "steal_share": steal,
-            "foreign_share": foreign, "excluded": excluded,
+            "foreign_share": foreign, "stalled": stalled, "excluded": excluded,
             "events": (w.get("off") or {}).get("events"), "lost": (w.get("off") or {}).get("lost"),
             "run_time_ns": (w.get("off") or {}).get("run_time_ns"),
         })
@@ -117,7 +123,44 @@ def window_costs(entry: dict[str, Any]) -> list[dict[str, Any]]:
         for c in out:
             if not c["excluded"] and cycle_mean.get(c["cycle"], 0.0) > bar:
                 c["excluded"] = reason
+    # A stall (the workload's rate collapsing for a slice, as stream's does every ~10 s here with
+    # nothing attached) is a host event landing on whichever arm is on: that window goes (its
+    # cycle's other comparisons keep theirs), unless stalls follow one arm: then they are the
+    # arm's own cost, kept, and the group says so (stall_rule).
+    if _stalls_exogenous(out):
+        for c in out:
+            if not c["excluded"] and c["stalled"]:
+                c["excluded"] = "stall"
     return out
+
+
+def _stalled(start: dict[str, Any], slices: list[list[float]] | None, end: dict[str, Any]) -> bool | None:
+    """Whether one slice of the window ran below STALL_RATIO of the window's median slice rate."""
+    if not slices:
+        return None
+    points = [(start["t"], start["ops"]), *[(t, ops) for t, ops in slices], (end["t"], end["ops"])]
+    rates = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(points, points[1:]) if b[0] - a[0] >= 0.05]
+    if len(rates) < 3:
+        return None
+    return min(rates) < STALL_RATIO * statistics.median(rates)
+
+
+def stall_counts(costs: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for c in costs:
+        counts[c["arm"]] = counts.get(c["arm"], 0) + bool(c["stalled"])
+    return counts
+
+
+def _stalls_exogenous(costs: list[dict[str, Any]]) -> bool:
+    """Stalls spread over the arms as chance spreads them (every arm has one window per cycle):
+    no arm holds more than a one-sided binomial test at STALL_P allows."""
+    counts = stall_counts(costs)
+    total, arms = sum(counts.values()), len(counts)
+    if not total:
+        return False
+    worst = max(counts.values())
+    return float(scipy_stats.binom.sf(worst - 1, total, 1 / arms)) * arms >= STALL_P  # Bonferroni over arms
 
 
 def steal_bar(cycle_shares: list[float], limit: float = STEAL_LIMIT) -> float:
@@ -208,11 +251,17 @@ def analyse_group(entry: dict[str, Any], decide_pp: float = DECIDE_PP) -> dict[s
         "cycles": entry.get("cycles", len({c["cycle"] for c in costs})), "windows": len(costs),
         "stop_reason": entry.get("stop_reason"), "baseline_cpu_per_op_us": scale, "estimator": estimator,
         "excluded": {reason: sum(1 for c in costs if c["excluded"] == reason)
-                     for reason in ("steal", "foreign", "no operations")},
+                     for reason in ("steal", "foreign", "stall", "no operations")},
+        "stalls": stall_counts(costs),
+        "stall_rule": ("stalls spread over the arms by chance: those windows left out" if _stalls_exogenous(costs)
+                       else "stalls follow an arm: kept as its cost" if any(stall_counts(costs).values())
+                       else "no stall"),
         "exclusion_rule": f"a cycle whose windows' mean steal share exceeds the median cycle's by more than "
                           f"{STEAL_LIMIT:.0%} of their CPU capacity, or whose CPU outside the run's cgroup "
                           f"(foreign) exceeds the median cycle's by more than {FOREIGN_LIMIT:.0%}, is left out "
-                          "for every arm; a window that counted no operation is left out",
+                          "for every arm; a stalled window (a 0.1 s slice below "
+                          f"{STALL_RATIO:.0%} of its median rate) is left out while stalls spread over the "
+                          "arms as chance would; a window that counted no operation is left out",
         "median_steal_pct": 100 * statistics.median([c["steal_share"] for c in costs]) if costs else None,
         "median_foreign_pct": (100 * statistics.median(f) if (f := [c["foreign_share"] for c in costs
                                                                      if c["foreign_share"] is not None]) else None),

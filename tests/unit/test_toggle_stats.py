@@ -187,3 +187,29 @@ def test_a_cycle_with_a_neighbour_is_excluded_for_every_arm():
     assert result["excluded"]["foreign"] == 3, result["excluded"]
     assert {row["windows"] for row in result["arms"].values()} == {4}
     assert result["median_foreign_pct"] == 0.0
+
+
+def _with_slices(entry: dict, stalled: set[int]) -> dict:
+    """Ten slices per window, steady, except windows in `stalled` (one slice at 10% of the rate)."""
+    for i, w in enumerate(entry["windows"]):
+        t0, t1, o0, o1 = w["start"]["t"], w["end"]["t"], w["start"]["ops"], w["end"]["ops"]
+        weights = [0.1 if i in stalled and k == 4 else 1.0 for k in range(10)]
+        slices, done = [], 0.0
+        for k in range(9):
+            done += weights[k] / sum(weights)
+            slices.append([t0 + (t1 - t0) * (k + 1) / 10, o0 + (o1 - o0) * done])
+        w["slices"] = slices
+    return entry
+
+
+def test_stalls_spread_over_the_arms_are_excluded_and_stalls_that_follow_one_are_kept():
+    values = [(c, arm, 50.0, 10000) for c in range(12) for arm in ("none", "none (A/A)", "tracepoint")]
+    spread = toggle_stats.analyse_group(_with_slices(_entry(values), stalled={0, 4, 8, 19, 23, 30}))
+    assert spread["stalls"] == {"none": 2, "none (A/A)": 2, "tracepoint": 2}
+    assert spread["excluded"]["stall"] == 6 and spread["stall_rule"].startswith("stalls spread over the arms by chance: those windows")
+    # every tracepoint window stalls, nothing else: that is the observer's doing, not the host's
+    following = toggle_stats.analyse_group(_with_slices(_entry(values), stalled={3 * c + 2 for c in range(12)}))
+    assert following["stalls"]["tracepoint"] == 12 and following["excluded"]["stall"] == 0
+    assert following["stall_rule"] == "stalls follow an arm: kept as its cost"
+    steady = toggle_stats.analyse_group(_with_slices(_entry(values), stalled=set()))
+    assert steady["excluded"]["stall"] == 0 and steady["stall_rule"] == "no stall"
