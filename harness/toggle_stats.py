@@ -12,9 +12,9 @@ Method (stated, so a reader can judge it):
   Student's t on those per-cycle differences (n - 1 degrees of freedom): cycles are short and
   randomized, so slow drift cancels within a cycle and the differences are close to independent
   (tests/unit/test_toggle_stats.py simulates drift plus autocorrelated noise and finds ~95% coverage).
-  A workload whose noise has heavy tails (stream: brief stalls every ~10 s whatever is attached)
-  is summarised by the median of the differences instead, with the sign test's distribution-free
-  interval (order statistics; coverage >= 95% whatever the shape); each group names its estimator.
+  A group may name the median of the differences instead (`--estimator median`), with the sign
+  test's distribution-free interval (order statistics; coverage >= 95% whatever the noise's
+  shape); each group names its estimator.
 - A stalled window (one 0.1 s slice of the live counter below STALL_RATIO of the window's median
   slice rate) is left out, but only while the stalls spread over the arms as chance would
   (binomial test): stalls that follow an arm are its cost, and are kept.
