@@ -24,6 +24,7 @@ the per-window costs and the statistics from it alone. Fidelity stays with the t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import time
@@ -221,6 +222,7 @@ def measure(group: Group, run_id: str, entry: dict[str, Any], save: Callable[[],
                 break
             if cycle >= settings.min_cycles and elapsed + elapsed / cycle > settings.max_s:
                 break  # another cycle would pass the cap (min_cycles are always run)
+        entry["elapsed_s"] = round(time.monotonic() - began, 3)
         time.sleep(settings.settle_s)
         entry["final"] = sample()
         entry["cycles"] = cycle
@@ -238,10 +240,18 @@ def _close_into(details: dict[str, Any], label: str, switch: Any) -> None:
 
 
 def run_groups(groups: list[Group], record: Any, run_id: str, say: Say) -> None:
-    """Every group in turn, into record.data["toggle"]; a failed group is recorded and the run goes on."""
+    """Every group in turn, into record.data["toggle"]; a failed group is recorded and the run goes on.
+
+    The groups' caps are one budget: what a group leaves unused (it was decided early) is shared
+    equally by the groups after it, so a run never takes longer than its caps add up to and the
+    time goes where the intervals are still wide."""
     record.data.setdefault("toggle", [])
+    spare = 0.0
     for number, group in enumerate(groups):
-        entry: dict[str, Any] = {}
+        share = spare / (len(groups) - number)
+        spare -= share
+        group.settings = dataclasses.replace(group.settings, max_s=round(group.settings.max_s + share, 3))
+        entry: dict[str, Any] = {"budget_share_s": round(share, 3)}
         record.data["toggle"].append(entry)
         say(f"toggling {group.workload}: {', '.join(a.label for a in group.arms)} "
             f"(windows of {group.settings.window_s:g} s, up to {group.settings.max_s:.0f} s)")
@@ -258,3 +268,4 @@ def run_groups(groups: list[Group], record: Any, run_id: str, say: Say) -> None:
         finally:
             with critical():
                 record.save()
+        spare += max(group.settings.max_s - entry.get("elapsed_s", group.settings.max_s), 0.0)

@@ -213,3 +213,29 @@ def test_stalls_spread_over_the_arms_are_excluded_and_stalls_that_follow_one_are
     assert following["stall_rule"] == "stalls follow an arm: kept as its cost"
     steady = toggle_stats.analyse_group(_with_slices(_entry(values), stalled=set()))
     assert steady["excluded"]["stall"] == 0 and steady["stall_rule"] == "no stall"
+
+
+def test_time_a_group_leaves_is_shared_by_the_groups_after_it(monkeypatch):
+    from harness import toggle
+
+    used = {"churn": 150.0, "rr": 120.0, "stream": 500.0}  # churn decided early; stream wants all
+
+    def fake_measure(group, run_id, entry, save, say, seed):
+        entry["elapsed_s"] = min(used[group.workload], group.settings.max_s)
+
+    monkeypatch.setattr(toggle, "measure", fake_measure)
+    groups = [toggle.Group(w, {}, [], toggle.Settings(max_s=cap)) for w, cap in
+              (("churn", 270.0), ("rr", 120.0), ("stream", 120.0))]
+
+    class Record:
+        data: dict = {}
+
+        def save(self):
+            pass
+
+    record = Record()
+    toggle.run_groups(groups, record, "20261203T000000-0000", lambda message: None)
+    caps = [g.settings.max_s for g in groups]
+    # churn left 120 s: half to rr, half kept for stream, which also gets the 60 s rr left
+    assert caps == [270.0, 180.0, 240.0], caps
+    assert sum(e["elapsed_s"] for e in record.data["toggle"]) <= 270 + 120 + 120
