@@ -59,8 +59,10 @@ static uint64_t nflow_events, flow_events_overflow, sk_overflow;
 
 struct sk_port {
 	uint64_t sk;
-	uint64_t pending_ts; // a CLOSE->SYN_SENT seen before the port was chosen (0: none)
-	uint16_t port;       // 0: forgotten (destroyed)
+	uint64_t pending_ts;   // a CLOSE->SYN_SENT seen before the port was chosen (0: none)
+	uint64_t connected_ts; // a sampled SYN_SENT->* read before its CLOSE->SYN_SENT (0: none)
+	uint16_t port;         // 0: forgotten (destroyed)
+	uint16_t connected_port;
 };
 static struct sk_port sk_ports[SK_SLOTS];
 
@@ -103,18 +105,34 @@ static void sample_flow(const struct event *e)
 		// tcp_v4_connect() enters SYN_SENT before inet_hash_connect() picks the port: hold the
 		// event until the socket's next one says which port (and so whether it is sampled)
 		if (e->sk && (s = sk_slot(e->sk, 1))) {
+			if (s->connected_ts && e->ts_ns < s->connected_ts) {
+				// its SYN_SENT->ESTABLISHED (softirq, another CPU's batch) was read first and
+				// named the port: this is that socket's connect (a later socket at the same
+				// address connects after it), kept now; flowmatch orders a flow by time
+				keep(e->ts_ns, s->connected_port, 0, 0, TCP_CLOSE, TCP_SYN_SENT);
+				s->connected_ts = 0;
+				return;
+			}
 			s->port = 0;
 			s->pending_ts = e->ts_ns;
+			s->connected_ts = 0;
 		} else {
 			sk_overflow++;
 		}
 		return;
 	}
-	if (e->side == 0 && e->kind == 0 && e->oldstate == TCP_SYN_SENT && e->sk && (s = sk_slot(e->sk, 0)) &&
-	    s->pending_ts) {
-		if (port && port % FLOW_SAMPLE == 0)
-			keep(s->pending_ts, port, 0, 0, TCP_CLOSE, TCP_SYN_SENT);
-		s->pending_ts = 0;
+	if (e->side == 0 && e->kind == 0 && e->oldstate == TCP_SYN_SENT && e->sk && port) {
+		s = sk_slot(e->sk, port % FLOW_SAMPLE == 0);
+		if (s && s->pending_ts) {
+			if (port % FLOW_SAMPLE == 0)
+				keep(s->pending_ts, port, 0, 0, TCP_CLOSE, TCP_SYN_SENT);
+			s->pending_ts = 0;
+		} else if (s && port % FLOW_SAMPLE == 0) { // its CLOSE->SYN_SENT is still in a batch
+			s->connected_ts = e->ts_ns;
+			s->connected_port = port;
+		} else if (!s && port % FLOW_SAMPLE == 0) {
+			sk_overflow++;
+		}
 	}
 	if (port == 0) {
 		// Only a destroy is resolved through the socket's address (tcp_disconnect() cleared it).
