@@ -25,10 +25,14 @@ def _our_qemus() -> list[str]:
 
 @needs_kernel
 def test_kprobe_in_a_vm_sees_exactly_the_transitions_the_tracepoint_sees_on_churn(tmp_path):
+    # concurrency 2 (churn's default until 2026-12-03): with 4 workers the kprobe trial's
+    # witnesses once saw 2 state changes and a destroy the kprobes did not, skipped silently
+    # (6.1 counts no recursion misses; issue 15 is about that), which this field-by-field check
+    # of the two paths cannot tell from a missed code path
     connections = 200
     result = tpbench("vm", "--kernel", str(KERNELS[-1]), "--timeout", "780", "-o", str(tmp_path), "--",
                      "run", "-b", "kprobe,tracepoint", "-w", "churn",
-                     "-p", f"connections={connections},mode=aggregate", "--json", timeout=840)
+                     "-p", f"connections={connections},concurrency=2,mode=aggregate", "--json", timeout=840)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     release = KERNELS[-1].name.removeprefix("vmlinuz-")
