@@ -71,6 +71,8 @@ struct batch {
     struct event ev[BATCH];
 };
 BPF_PERCPU_ARRAY(staging, struct batch, 1);
+// batches a CPU emits per forced consumer wake-up: a quarter of the ring (1,170 for 8 MiB)
+#define WAKE_BATCHES (RINGBUF_PAGES * 4096 / 4 / (BATCH * sizeof(struct event)) + 1)
 #endif
 #else
 BPF_PERF_OUTPUT(events);
@@ -167,8 +169,19 @@ static __always_inline int handle(void *ctx, u8 kind, u16 family, u32 saddr, u32
         return PASS_ON;
     }
     b->n = 0;
-    // flags 0: the kernel wakes the consumer only when it has caught up (adaptive wake-up)
-    if (events.ringbuf_output(&b->ev[0], BATCH * sizeof(struct event), 0) != 0) {
+    // Wake-ups: the consumer drains on its 20 ms poll timeout by itself; a CPU forces one
+    // only after emitting a quarter of the ring since its last (WAKE_BATCHES). The default
+    // (adaptive: wake whenever the consumer has caught up, which a C consumer always has)
+    // cost ~300 ns per event here, 10 us per batch: the wake-up's irq_work interrupt inside
+    // a VM (measured: stream 419 ns/event adaptive, 121 with no wake-ups, 104 with no output
+    // at all; churn, 40k connections, 3 trials each).
+    u64 flags = BPF_RB_NO_WAKEUP;
+    u64 *batches = unwoken.lookup(&zero);
+    if (batches && ++(*batches) >= WAKE_BATCHES) {
+        *batches = 0;
+        flags = BPF_RB_FORCE_WAKEUP;
+    }
+    if (events.ringbuf_output(&b->ev[0], BATCH * sizeof(struct event), flags) != 0) {
         u64 *dropped = lost.lookup(&zero);
         if (dropped)
             *dropped += BATCH;
