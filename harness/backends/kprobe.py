@@ -29,8 +29,6 @@ workload, so measure throughput with check=false.
 
 from __future__ import annotations
 
-import socket
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +37,9 @@ from ..errors import UsageError
 from ..headers import find_headers
 from ..kernel import KernelProbe, _btf_func_id, probe_tracepoints, resolve_functions
 from ..params import Param, names_check, parse_names
-from .base import EVENT_KINDS, Availability, Observation
+from .base import Availability, Observation
 from .tracepoint import BackendError, Program, TracepointBackend, _Session, tracepoint_flags
+from .witness import CHECK_SLOTS, FIELD_NAMES, summarize_check, witness_fidelity  # noqa: F401 (re-exported)
 
 SOURCE = Path(__file__).with_name("kprobe.bpf.c")
 
@@ -71,11 +70,6 @@ HOOKS = {
     "probe": Hook("probe", ("tcp_rcv_established",), "tcp:tcp_probe"),
 }
 ALL_FUNCTIONS = tuple(dict.fromkeys(f for hook in HOOKS.values() for f in hook.candidates))
-# kprobe.bpf.c's check slots per kind: matched, tracepoint unpaired, kprobe unpaired, then fields
-FIELD_NAMES = ("oldstate", "newstate", "saddr", "daddr", "sport", "dport", "family", "snd_cwnd")
-CHECK_SLOTS = 3 + len(FIELD_NAMES)
-_READING = struct.Struct("<IIHHHBBI")  # struct reading: saddr daddr sport dport family old new extra
-_PENDING_KEY = struct.Struct("<QII")
 
 
 def parse_hooks(text: str) -> tuple[str, ...]:
@@ -109,60 +103,6 @@ def resolve_hooks(names: tuple[str, ...], kallsyms: str | None = None,
     return chosen, absent
 
 
-def summarize_check(counts: list[int], unclaimed: dict[str, int], attached_kinds: set[str],
-                    conditional: dict[str, str], first_mismatch: dict[str, Any] | None) -> dict[str, Any]:
-    """The witness's counters -> per-kind results and the fidelity errors they prove.
-
-    counts: kprobe.bpf.c's check_counts, NKINDS x CHECK_SLOTS. unclaimed: kprobe readings of this
-    topology still waiting at detach (no tracepoint came for them), per kind.
-    """
-    per_kind: dict[str, Any] = {}
-    errors: list[str] = []
-    notes: list[str] = []
-    for index, kind in enumerate(EVENT_KINDS):
-        if kind not in attached_kinds:
-            continue
-        row = counts[index * CHECK_SLOTS:(index + 1) * CHECK_SLOTS]
-        fields = {name: n for name, n in zip(FIELD_NAMES, row[3:]) if n}
-        entry = {"matched": row[0], "tracepoint_only": row[1], "kprobe_only": row[2] + unclaimed.get(kind, 0),
-                 "fields_differing": fields}
-        per_kind[kind] = entry
-        compared = entry["matched"] + (max(fields.values()) if fields else 0)
-        for name, n in fields.items():
-            errors.append(f"{kind}: {name} read from the struct differs from the tracepoint's in {n} of "
-                          f"{compared} events")
-        if entry["tracepoint_only"]:
-            errors.append(f"{kind}: the tracepoint saw {entry['tracepoint_only']} events no probed function "
-                          "reported (a code path the functions miss)")
-        if entry["kprobe_only"]:
-            text = f"{kind}: {entry['kprobe_only']} events reported by a function with no tracepoint event"
-            if kind in conditional:
-                notes.append(f"{text} (expected: {conditional[kind]})")
-            else:
-                errors.append(text)
-    result = {"checked": True, "per_kind": per_kind, "errors": errors, "notes": notes}
-    if first_mismatch:
-        result["first_mismatch"] = first_mismatch
-    return result
-
-
-def _unclaimed(bpf: Any, addresses: tuple[str, str]) -> dict[str, int]:
-    """kprobe readings of this topology's sockets that no tracepoint claimed, per kind."""
-    unclaimed: dict[str, int] = {}
-    for key, value in bpf["pending"].items():
-        _sk, kind, _cpu = _PENDING_KEY.unpack(bytes(key))
-        reading = _reading(bytes(value))
-        if reading["family"] == socket.AF_INET and {reading["saddr"], reading["daddr"]} & set(addresses):
-            unclaimed[EVENT_KINDS[kind]] = unclaimed.get(EVENT_KINDS[kind], 0) + 1
-    return unclaimed
-
-
-def _reading(raw: bytes) -> dict[str, Any]:
-    saddr, daddr, sport, dport, family, old, new, extra = _READING.unpack_from(raw)
-    return {"saddr": socket.inet_ntoa(struct.pack("=I", saddr)), "daddr": socket.inet_ntoa(struct.pack("=I", daddr)),
-            "sport": sport, "dport": dport, "family": family, "oldstate": old, "newstate": new, "extra": extra}
-
-
 class KprobeBackend:
     def __init__(self, fentry: bool = False):
         self.fentry = fentry
@@ -172,7 +112,8 @@ class KprobeBackend:
         self.description = ("eBPF (bcc) on BPF trampolines (fentry) at the TCP functions behind the seed events"
                             if fentry else
                             "eBPF (bcc) kprobes on tcp_set_state and the TCP functions behind the seed events")
-        base = {p.name: p for p in TracepointBackend().params}
+        # the shared session's modes, transports and consumers; not the tracepoint flavours
+        base = {p.name: p for p in TracepointBackend().params if p.name not in ("flavour", "check", "rescue")}
         base["hooks"] = Param("hooks", str, "all", "functions to probe: all, or short names joined by '+' "
                               f"({'+'.join(HOOKS)})", check=_check_hooks)
         self.params = (
@@ -182,7 +123,7 @@ class KprobeBackend:
         )
 
     # -- what the kernel allows ---------------------------------------------------------------
-    def availability(self, probe: KernelProbe) -> Availability:
+    def availability(self, probe: KernelProbe, params: dict[str, Any] | None = None) -> Availability:
         if not probe.available("bcc"):
             return Availability(False, probe["bcc"].reason)
         if not probe.available("headers"):
@@ -251,30 +192,9 @@ class KprobeBackend:
                     raise BackendError(f"kprobe on {symbol} (hook {name}) failed: {exc}") from None
 
         def finish(session: _Session, observation: Observation, witness_stats: dict[str, Any]) -> None:
-            bpf = session.bpf
-            if not witnesses:
-                observation.details["fidelity"] = {
-                    "checked": False,
-                    "reason": "check=false" if not params["check"] else "no witness tracepoint on this kernel",
-                }
-                return
-            table = bpf["check_counts"]
-            counts = [int(table.sum(table.Key(i)).value) for i in range(len(EVENT_KINDS) * CHECK_SLOTS)]
-            unclaimed = _unclaimed(bpf, (session.topology.client.address, session.topology.server.address))
-            raw = bytes(bpf["first_mismatch"][bpf["first_mismatch"].Key(0)])
-            kind, fields = struct.unpack_from("<II", raw)
-            first = None
-            if fields:
-                first = {"kind": EVENT_KINDS[kind],
-                         "fields": [n for i, n in enumerate(FIELD_NAMES) if fields & (1 << i)],
-                         "kprobe": _reading(raw[8:8 + _READING.size]),
-                         "tracepoint": _reading(raw[8 + _READING.size:8 + 2 * _READING.size])}
-            fidelity = summarize_check(counts, unclaimed, checked_kinds, conditional, first)
-            fidelity["unchecked_kinds"] = sorted(attached_kinds - checked_kinds)
-            runs = sum(p["run_cnt"] for p in witness_stats.values())
-            ns = sum(p["run_time_ns"] for p in witness_stats.values())
-            fidelity["witness_bpf_stats"] = {"programs": witness_stats, "run_cnt": runs, "run_time_ns": ns}
-            observation.details["fidelity"] = fidelity
+            reason = "check=false" if not params["check"] else "no witness tracepoint on this kernel"
+            observation.details["fidelity"] = witness_fidelity(
+                session, witness_stats, witnesses, attached_kinds, checked_kinds, conditional, reason)
 
         return Program(
             source=SOURCE,
