@@ -229,10 +229,11 @@ def probe_tracepoints() -> dict[str, Capability]:
 # --- raw bpf(2): the probe loads real programs and maps rather than guessing ------------------
 
 _BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
-_BPF_MAP_CREATE, _BPF_PROG_LOAD = 0, 5
+_BPF_MAP_CREATE, _BPF_PROG_LOAD, _BPF_RAW_TRACEPOINT_OPEN = 0, 5, 17
 _BPF_MAP_TYPE_RINGBUF = 27
-_BPF_PROG_TYPE_TRACING, _BPF_TRACE_FENTRY = 26, 24
-_BTF_KIND_FUNC = 12
+_BPF_PROG_TYPE_RAW_TRACEPOINT, _BPF_PROG_TYPE_TRACING = 17, 26
+_BPF_TRACE_RAW_TP, _BPF_TRACE_FENTRY = 23, 24
+_BTF_KIND_TYPEDEF, _BTF_KIND_FUNC = 8, 12
 # r0 = 0; exit
 _RETURN_ZERO = bytes.fromhex("b700000000000000" "9500000000000000")
 
@@ -262,8 +263,8 @@ def probe_ringbuf() -> Capability:
     )
 
 
-def _btf_func_id(name: str) -> int | None:
-    """BTF type id of a kernel function, through libbpf (libbpf1 is in the base image)."""
+def _btf_func_id(name: str, kind: int = _BTF_KIND_FUNC) -> int | None:
+    """BTF type id of a kernel function (or another kind), through libbpf (libbpf1 is in the base image)."""
     path = ctypes.util.find_library("bpf")
     if not path:
         return None
@@ -275,7 +276,7 @@ def _btf_func_id(name: str) -> int | None:
     if not btf:
         return None
     try:
-        type_id = libbpf.btf__find_by_name_kind(btf, name.encode(), _BTF_KIND_FUNC)
+        type_id = libbpf.btf__find_by_name_kind(btf, name.encode(), kind)
         return type_id if type_id > 0 else None
     finally:
         libbpf.btf__free(btf)
@@ -288,15 +289,7 @@ def _probe_fentry(btf_present: bool) -> Capability:
     type_id = _btf_func_id(target)
     if type_id is None:
         return Capability("fentry", False, f"{target} not found in vmlinux BTF (or libbpf missing)")
-    license_buf = ctypes.create_string_buffer(b"GPL")
-    insns = ctypes.create_string_buffer(_RETURN_ZERO, len(_RETURN_ZERO))
-    attr = bytearray(128)
-    struct.pack_into("<II", attr, 0, _BPF_PROG_TYPE_TRACING, 2)
-    struct.pack_into("<QQ", attr, 8, ctypes.addressof(insns), ctypes.addressof(license_buf))
-    attr[48:64] = b"tpbench_probe".ljust(16, b"\0")
-    struct.pack_into("<I", attr, 68, _BPF_TRACE_FENTRY)
-    struct.pack_into("<I", attr, 108, type_id)
-    fd, err = _bpf(_BPF_PROG_LOAD, bytes(attr))
+    fd, err = _load_return_zero(_BPF_PROG_TYPE_TRACING, _BPF_TRACE_FENTRY, type_id)
     if fd >= 0:
         os.close(fd)
         return Capability("fentry", True, f"a BPF_PROG_TYPE_TRACING fentry program on {target} loaded")
@@ -306,6 +299,100 @@ def _probe_fentry(btf_present: bool) -> Capability:
         f"the kernel refuses fentry programs: BPF_PROG_LOAD of a BPF_PROG_TYPE_TRACING (fentry) "
         f"program on {target} failed with {_errno_text(err)}",
     )
+
+
+def _load_return_zero(prog_type: int, attach_type: int = 0, attach_btf_id: int = 0) -> tuple[int, int]:
+    """BPF_PROG_LOAD of `r0 = 0; exit` as this program type: (fd or -1, errno)."""
+    license_buf = ctypes.create_string_buffer(b"GPL")
+    insns = ctypes.create_string_buffer(_RETURN_ZERO, len(_RETURN_ZERO))
+    attr = bytearray(128)
+    struct.pack_into("<II", attr, 0, prog_type, 2)
+    struct.pack_into("<QQ", attr, 8, ctypes.addressof(insns), ctypes.addressof(license_buf))
+    attr[48:64] = b"tpbench_probe".ljust(16, b"\0")
+    struct.pack_into("<I", attr, 68, attach_type)
+    struct.pack_into("<I", attr, 108, attach_btf_id)
+    return _bpf(_BPF_PROG_LOAD, bytes(attr))
+
+
+def load_tp_btf(event: str, insns: int, size: int, name: str) -> int:
+    """Load compiled instructions (bcc's, maps already relocated) as a tp_btf program on `event`.
+
+    bcc 0.26 loads tracing programs only as fentry/fexit/lsm (by name prefix), so tp_btf
+    (BPF_PROG_TYPE_TRACING with BPF_TRACE_RAW_TP, attached by the btf_trace_<event> type) is loaded
+    here. Returns the program fd; OSError with the verifier's first lines when refused.
+    """
+    type_id = _btf_func_id(f"btf_trace_{event}", _BTF_KIND_TYPEDEF)
+    if type_id is None:
+        raise OSError(errno.ENOENT, f"btf_trace_{event} not in vmlinux BTF")
+    license_buf = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(1 << 16)
+    attr = bytearray(128)
+    struct.pack_into("<II", attr, 0, _BPF_PROG_TYPE_TRACING, size // 8)
+    struct.pack_into("<QQ", attr, 8, insns, ctypes.addressof(license_buf))
+    struct.pack_into("<IIQ", attr, 24, 1, len(log), ctypes.addressof(log))
+    attr[48:64] = name.encode()[:15].ljust(16, b"\0")
+    struct.pack_into("<I", attr, 68, _BPF_TRACE_RAW_TP)
+    struct.pack_into("<I", attr, 108, type_id)
+    fd, err = _bpf(_BPF_PROG_LOAD, bytes(attr))
+    if fd < 0:
+        lines = [line for line in log.value.decode(errors="replace").splitlines() if line.strip()]
+        raise OSError(err, f"{_errno_text(err)}{': ' + ' | '.join(lines[-3:]) if lines else ''}")
+    return fd
+
+
+def attach_by_btf_id(prog_fd: int) -> int:
+    """BPF_RAW_TRACEPOINT_OPEN with no name: the link of a tracing program to its BTF target."""
+    link, err = _bpf(_BPF_RAW_TRACEPOINT_OPEN, struct.pack("<QI", 0, prog_fd))
+    if link < 0:
+        raise OSError(err, _errno_text(err))
+    return link
+
+
+FLAVOUR_TARGET = "inet_sock_set_state"
+
+
+def _probe_flavours(tracepoints: dict[str, Capability], btf_present: bool) -> dict[str, Capability]:
+    """The tracepoint backend's program types, each loaded (and raw_tp attached) for real."""
+    caps = {}
+    have = tracepoints.get(f"tracepoint:sock:{FLAVOUR_TARGET}")
+    if have is not None and have.available:
+        caps["flavour:tp"] = Capability("flavour:tp", True, "classic tracepoint programs (tracefs formats)")
+    else:
+        caps["flavour:tp"] = Capability("flavour:tp", False, f"sock:{FLAVOUR_TARGET} is not in tracefs")
+    fd, err = _load_return_zero(_BPF_PROG_TYPE_RAW_TRACEPOINT)
+    if fd < 0:
+        caps["flavour:raw_tp"] = Capability("flavour:raw_tp", False, "BPF_PROG_LOAD of a BPF_PROG_TYPE_RAW_TRACEPOINT "
+                                            f"program failed with {_errno_text(err)}")
+    else:
+        name = ctypes.create_string_buffer(FLAVOUR_TARGET.encode())
+        link, err = _bpf(_BPF_RAW_TRACEPOINT_OPEN, struct.pack("<QI", ctypes.addressof(name), fd))
+        os.close(fd)
+        if link < 0:
+            caps["flavour:raw_tp"] = Capability("flavour:raw_tp", False, f"BPF_RAW_TRACEPOINT_OPEN on {FLAVOUR_TARGET} "
+                                                f"failed with {_errno_text(err)}")
+        elif not btf_present:
+            os.close(link)
+            caps["flavour:raw_tp"] = Capability("flavour:raw_tp", False, "raw tracepoints attach, but the programs "
+                                                "read struct fields at offsets from /sys/kernel/btf/vmlinux, missing here")
+        else:
+            os.close(link)
+            caps["flavour:raw_tp"] = Capability("flavour:raw_tp", True, f"a BPF_PROG_TYPE_RAW_TRACEPOINT program loaded "
+                                                f"and attached to {FLAVOUR_TARGET}; struct offsets from kernel BTF")
+    type_id = _btf_func_id(f"btf_trace_{FLAVOUR_TARGET}", _BTF_KIND_TYPEDEF) if btf_present else None
+    if type_id is None:
+        caps["flavour:tp_btf"] = Capability("flavour:tp_btf", False, f"btf_trace_{FLAVOUR_TARGET} not in vmlinux BTF "
+                                            "(tp_btf needs kernel BTF)")
+    else:
+        fd, err = _load_return_zero(_BPF_PROG_TYPE_TRACING, _BPF_TRACE_RAW_TP, type_id)
+        if fd >= 0:
+            os.close(fd)
+            caps["flavour:tp_btf"] = Capability("flavour:tp_btf", True, "a BPF_PROG_TYPE_TRACING (BPF_TRACE_RAW_TP) "
+                                                f"program on {FLAVOUR_TARGET} loaded")
+        else:
+            caps["flavour:tp_btf"] = Capability("flavour:tp_btf", False, "the kernel refuses tp_btf programs: "
+                                                "BPF_PROG_LOAD of a BPF_PROG_TYPE_TRACING (BPF_TRACE_RAW_TP) program on "
+                                                f"{FLAVOUR_TARGET} failed with {_errno_text(err)}")
+    return caps
 
 
 def _probe_kprobes(config: dict[str, str] | None, tracefs: Path | None) -> Capability:
@@ -389,9 +476,12 @@ def probe(build_headers: bool = True) -> KernelProbe:
     )
     if is_root:
         caps["fentry"] = _probe_fentry(btf.exists())
+        caps.update(_probe_flavours(caps, btf.exists()))
         caps["bpf_ringbuf"] = probe_ringbuf()
     else:
         caps["fentry"] = Capability("fentry", False, "not probed: loading BPF programs needs root")
+        for flavour in ("tp", "raw_tp", "tp_btf"):
+            caps[f"flavour:{flavour}"] = Capability(f"flavour:{flavour}", False, "not probed: loading BPF programs needs root")
         caps["bpf_ringbuf"] = Capability("bpf_ringbuf", False, "not probed: creating BPF maps needs root")
     stats = Path("/proc/sys/kernel/bpf_stats_enabled")
     caps["bpf_stats"] = Capability(

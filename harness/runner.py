@@ -229,13 +229,13 @@ def execute(
     say = progress or (lambda done, total, message: None)
     with _fit_host(run_id, measure_anyway, say) as fitness:
         kernel_probe = probe()
-        availability = {cell.label: cell.backend.availability(kernel_probe) for cell in cells}
+        availability = {cell.label: cell.backend.availability(kernel_probe, cell.backend_params) for cell in cells}
         refused = [f"{c.backend.name}: {availability[c.label].reason}" for c in cells
                    if not availability[c.label].available]
         for group in toggle:  # an arm this kernel cannot run is dropped (strict: refused), with its reason
             keep = []
             for arm in group.arms:
-                found = arm.backend.availability(kernel_probe)
+                found = arm.backend.availability(kernel_probe, arm.params)
                 if found.available:
                     keep.append(arm)
                 else:

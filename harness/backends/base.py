@@ -1,6 +1,6 @@
 """What a backend (an observer) is: a small object with hooks; the runner owns the measurement.
 
-    availability(probe) -> Availability   asks the capability probe, never the kernel directly
+    availability(probe, params) -> Availability   asks the capability probe, never the kernel directly
     check_params(params)                  optional: refuse combinations of parameters (UsageError)
     attach(topology, params) -> Attachment   load programs / open captures (timed apart)
     Attachment.detach() -> Observation    stop observing, return what was seen and what it cost
@@ -76,7 +76,9 @@ class Backend(Protocol):
     hooks: tuple[str, ...]
     params: tuple[Param, ...]
 
-    def availability(self, probe: KernelProbe) -> Availability: ...
+    def availability(self, probe: KernelProbe, params: dict[str, Any] | None = None) -> Availability:
+        """Can this backend run here (with these parameters, where they matter)?"""
+        ...
 
     def attach(self, topology: Topology, params: dict[str, Any]) -> Attachment: ...
 

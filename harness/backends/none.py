@@ -38,7 +38,7 @@ class NoneBackend:
     hooks: tuple[str, ...] = ()
     params = ()
 
-    def availability(self, probe: KernelProbe) -> Availability:
+    def availability(self, probe: KernelProbe, params: dict[str, Any] | None = None) -> Availability:
         return Availability(True, "nothing to attach")
 
     def attach(self, topology: Topology, params: dict[str, Any]) -> _Nothing:

@@ -434,7 +434,7 @@ class PcapBackend:
               "1000)", minimum=1, maximum=1000),
     )
 
-    def availability(self, probe: KernelProbe) -> Availability:
+    def availability(self, probe: KernelProbe, params: dict[str, Any] | None = None) -> Availability:
         if importlib.util.find_spec("pcapy") is None:
             return Availability(False, "Python module pcapy (pcapy-ng) not installed (make setup)", ("pcapy-ng",))
         if not probe.available("tool:tcpdump") or not probe.available("libpcap"):

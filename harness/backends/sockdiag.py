@@ -144,7 +144,7 @@ class SockdiagBackend:
               maximum=60_000, check=_check_interval),
     )
 
-    def availability(self, probe: KernelProbe) -> Availability:
+    def availability(self, probe: KernelProbe, params: dict[str, Any] | None = None) -> Availability:
         if importlib.util.find_spec("pyroute2") is None:
             return Availability(False, "Python module pyroute2 not installed (make setup)", ("pyroute2",))
         return Availability(True, "pyroute2 DiagSocket (inet_diag), one poller per namespace")

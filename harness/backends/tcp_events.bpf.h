@@ -79,10 +79,24 @@ BPF_PERF_OUTPUT(events);
 #endif
 #endif
 
+#ifdef NESTABLE
+// raw_tp and tp_btf programs are guarded only against themselves, so one of ours may interrupt
+// another on the same CPU (a softirq state change inside a process-context one): per-CPU
+// counters then need atomic adds, and only the outermost program on a CPU may use its staging
+// batch (`nesting` says whether one is using it; a nested program reserves its own record).
+#define ADD(counter, n) __sync_fetch_and_add((counter), (n))
+#if defined(TRANSPORT_RINGBUF) && BATCH > 1 && !defined(MODE_AGGREGATE)
+BPF_PERCPU_ARRAY(nesting, u32, 1);
+#endif
+#else
+// classic tracepoints and kprobes never nest on a CPU (bpf_prog_active): plain per-CPU adds
+#define ADD(counter, n) (*(counter) += (n))
+#endif
+
 static __always_inline void bump(u64 *counter)
 {
     if (counter)
-        (*counter)++; // per-CPU slot: no atomic needed
+        ADD(counter, 1);
 }
 
 // Every program returns 1: perf_trace_run_bpf_submit() hands the event to perf listeners on the
@@ -136,10 +150,27 @@ static __always_inline int handle(void *ctx, u8 kind, u16 family, u32 saddr, u32
     u32 zero = 0;
 #if defined(TRANSPORT_RINGBUF) && BATCH > 1
     struct batch *b = staging.lookup(&zero);
-    if (!b)
-        return PASS_ON;
-    u32 slot = b->n & (BATCH - 1); // BATCH is a power of two; the mask bounds it for the verifier
-    struct event *e = &b->ev[slot];
+    u32 *busy = 0;
+#ifdef NESTABLE
+    busy = nesting.lookup(&zero);
+    if (!busy || *busy)
+        b = 0; // interrupting the program that stages on this CPU: a record of its own
+    else
+        *busy = 1;
+    asm volatile("" ::: "memory"); // claim the batch before reading its fill level
+#endif
+    u32 slot = 0;
+    struct event *e;
+    if (b) {
+        slot = b->n & (BATCH - 1); // BATCH is a power of two; the mask bounds it for the verifier
+        e = &b->ev[slot];
+    } else {
+        e = events.ringbuf_reserve(sizeof(struct event));
+        if (!e) {
+            bump(lost.lookup(&zero));
+            return PASS_ON;
+        }
+    }
 #elif defined(TRANSPORT_RINGBUF)
     struct event *e = events.ringbuf_reserve(sizeof(struct event));
     if (!e) {
@@ -164,27 +195,35 @@ static __always_inline int handle(void *ctx, u8 kind, u16 family, u32 saddr, u32
     e->extra = extra;
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
 #if defined(TRANSPORT_RINGBUF) && BATCH > 1
-    if (slot + 1 < BATCH) {
-        b->n = slot + 1;
+    if (!b) {
+        events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
         return PASS_ON;
     }
-    b->n = 0;
-    // Wake-ups: the consumer drains on its 20 ms poll timeout by itself; a CPU forces one
-    // only after emitting a quarter of the ring since its last (WAKE_BATCHES). The default
-    // (adaptive: wake whenever the consumer has caught up, which a C consumer always has)
-    // cost ~300 ns per event here, 10 us per batch: the wake-up's irq_work interrupt inside
-    // a VM (measured: stream 419 ns/event adaptive, 121 with no wake-ups, 104 with no output
-    // at all; churn, 40k connections, 3 trials each).
-    u64 flags = BPF_RB_NO_WAKEUP;
-    u64 *batches = unwoken.lookup(&zero);
-    if (batches && ++(*batches) >= WAKE_BATCHES) {
-        *batches = 0;
-        flags = BPF_RB_FORCE_WAKEUP;
+    if (slot + 1 < BATCH) {
+        b->n = slot + 1;
+    } else {
+        b->n = 0;
+        // Wake-ups: the consumer drains on its 20 ms poll timeout by itself; a CPU forces one
+        // only after emitting a quarter of the ring since its last (WAKE_BATCHES). The default
+        // (adaptive: wake whenever the consumer has caught up, which a C consumer always has)
+        // cost ~300 ns per event here, 10 us per batch: the wake-up's irq_work interrupt inside
+        // a VM (measured: stream 419 ns/event adaptive, 121 with no wake-ups, 104 with no output
+        // at all; churn, 40k connections, 3 trials each).
+        u64 flags = BPF_RB_NO_WAKEUP;
+        u64 *batches = unwoken.lookup(&zero);
+        if (batches && ++(*batches) >= WAKE_BATCHES) {
+            *batches = 0;
+            flags = BPF_RB_FORCE_WAKEUP;
+        }
+        if (events.ringbuf_output(&b->ev[0], BATCH * sizeof(struct event), flags) != 0) {
+            u64 *dropped = lost.lookup(&zero);
+            if (dropped)
+                ADD(dropped, BATCH);
+        }
     }
-    if (events.ringbuf_output(&b->ev[0], BATCH * sizeof(struct event), flags) != 0) {
-        u64 *dropped = lost.lookup(&zero);
-        if (dropped)
-            *dropped += BATCH;
+    if (busy) {
+        asm volatile("" ::: "memory");
+        *busy = 0;
     }
 #elif defined(TRANSPORT_RINGBUF)
     // Waking the consumer on every event costs more than the event itself; wake once per

@@ -288,7 +288,7 @@ class TracefsBackend:
               "must not exist", check=_check_instance),
     )
 
-    def availability(self, probe: KernelProbe) -> Availability:
+    def availability(self, probe: KernelProbe, params: dict[str, Any] | None = None) -> Availability:
         if not probe.available("tracefs"):
             return Availability(False, f"tracefs: {probe['tracefs'].reason}" if "tracefs" in probe.capabilities
                                 else "tracefs not probed")

@@ -13,6 +13,11 @@ Modes (both measured, `-p mode=...`):
              what BPF can do that packet capture cannot.
 `tracepoint-empty` attaches programs that return at once: the floor of the in-kernel cost.
 
+Flavours (`-p flavour=...`, FLAVOURS below): classic tracepoint programs (tp, tracepoint.bpf.c),
+or raw_tp / tp_btf (rawtp.bpf.c) reading TP_PROTO's arguments at the running kernel's BTF offsets,
+with a rescue program per tracepoint for the runs the kernel skips and optional classic-tracepoint
+witnesses (check=true, witness.bpf.h) that compare every event field by field.
+
 In-kernel cost comes from the kernel itself: kernel.bpf_stats_enabled is set for the trial (and
 restored) and each program's run_cnt and run_time_ns are read from its fd's fdinfo.
 
@@ -42,17 +47,19 @@ from typing import Any, Callable
 
 from netns import Topology
 
-from .. import flowmatch
+from .. import btf, flowmatch
 from ..errors import UsageError
 from ..headers import find_headers
-from ..kernel import KernelProbe, probe_ringbuf, probe_tracepoints
+from ..kernel import KernelProbe, attach_by_btf_id, load_tp_btf, probe_ringbuf, probe_tracepoints
 from ..params import Param, names_check, parse_names
 from ..system import die_with_runner, sysctl_set
 from .processes import cached_binary
 from .tracefs_ring import native_u32
 from .base import EVENT_KINDS, SIDES, Availability, Observation
+from .witness import witness_fidelity
 
 SOURCE = Path(__file__).with_name("tracepoint.bpf.c")
+RAW_SOURCE = Path(__file__).with_name("rawtp.bpf.c")
 CONSUMER_SOURCE = Path(__file__).with_name("ringbuf_consumer.c")
 
 # short name -> tracepoint; `-p hooks=state+destroy` selects some, `all` (default) every one
@@ -65,6 +72,43 @@ HOOKS = {
     "destroy": "tcp:tcp_destroy_sock",
     "probe": "tcp:tcp_probe",
 }
+HOOK_KINDS = {"state": "state_change", "retransmit": "retransmit", "synack": "synack_retransmit",
+              "send_reset": "reset_sent", "receive_reset": "reset_received", "destroy": "sock_destroy",
+              "probe": "probe"}
+# How the programs enter the tracepoints (`-p flavour=...`):
+#   tp      classic tracepoint programs (BPF_PROG_TYPE_TRACEPOINT): the kernel assembles the
+#           event's record (TP_fast_assign) and the program reads it. Run by trace_call_bpf(),
+#           which skips a program while any BPF program runs on the CPU: softirq events are lost
+#           under load, and the kernel counts those misses only from 6.7 on.
+#   raw_tp  BPF_PROG_TYPE_RAW_TRACEPOINT: the TP_PROTO arguments, fields read through them at
+#           BTF offsets (rawtp.bpf.c). Run by __bpf_trace_run(), which skips a program only while
+#           that same program runs on the CPU, and counts those misses (6.0+).
+#   tp_btf  the same entry as a BPF_PROG_TYPE_TRACING program attached by BTF id (5.5+; refused
+#           where the kernel refuses tracing programs, like fentry).
+FLAVOURS = ("tp", "raw_tp", "tp_btf")
+DEFAULT_FLAVOUR = "raw_tp"  # measured: see the flavour table in README.md
+# The kernel counts a skipped program run (recursion_misses) from this release on, per flavour.
+# trace_call_bpf() (tp, kprobe) since 6.7; __bpf_trace_run() (raw_tp, tp_btf) since "bpf: Prevent bpf
+# program recursion for raw tracepoint probes" (6.0); trampolines (fentry) since 5.12.
+MISSES_COUNTED_FROM = {"tp": (6, 7), "kprobe": (6, 7), "raw_tp": (6, 0), "tp_btf": (6, 0), "fentry": (5, 12)}
+# rawtp.bpf.c's struct reads: offset name -> (struct, member, bytes read)
+RAW_FIELDS = {
+    "skc_daddr": ("sock_common", "skc_daddr", 4),
+    "skc_rcv_saddr": ("sock_common", "skc_rcv_saddr", 4),
+    "skc_dport": ("sock_common", "skc_dport", 2),
+    "skc_num": ("sock_common", "skc_num", 2),
+    "skc_family": ("sock_common", "skc_family", 2),
+    "skc_state": ("sock_common", "skc_state", 1),
+    "sk_protocol": ("sock", "sk_protocol", 2),
+    "inet_saddr": ("inet_sock", "inet_saddr", 4),
+    "inet_sport": ("inet_sock", "inet_sport", 2),
+    "snd_cwnd": ("tcp_sock", "snd_cwnd", 4),
+    "skb_head": ("sk_buff", "head", 8),
+    "skb_data": ("sk_buff", "data", 8),
+    "skb_network_header": ("sk_buff", "network_header", 2),
+    "skb_protocol": ("sk_buff", "protocol", 2),
+}
+_SPAN_LIMIT = 64  # bytes one bpf_probe_read_kernel may copy to the stack in read_sock()
 STATE_NAMES = flowmatch.STATE_NAMES  # include/net/tcp_states.h
 SIDE_NAMES = (*SIDES, "other")  # "other": the local address is neither of the pair's
 NSTATES = 16
@@ -106,6 +150,58 @@ def _needs_rst_reason_stub(caps: dict[str, Any], headers_path: str | None) -> bo
 
 class BackendError(RuntimeError):
     """The backend could not attach (compile error, no usable hook); the trial fails with this."""
+
+
+def raw_offset_flags() -> tuple[list[str], dict[str, int]]:
+    """-DOFF_<name>=n for rawtp.bpf.c from the running kernel's BTF, plus the two read spans.
+
+    read_sock() copies the head of sock_common (COMMON_SPAN bytes) and the bytes of inet_sock
+    holding inet_saddr and inet_sport (INET_SPAN from INET_BASE) in one read each.
+    """
+    try:
+        found = btf.offsets({name: (struct_, member) for name, (struct_, member, _) in RAW_FIELDS.items()})
+    except btf.BtfError as exc:
+        raise BackendError(f"raw_tp/tp_btf read struct fields at the kernel's own offsets: {exc}") from None
+    common = [n for n, (struct_, _, _) in RAW_FIELDS.items() if struct_ == "sock_common"]
+    common_span = max(found[n] + RAW_FIELDS[n][2] for n in common)
+    inet_base = min(found["inet_saddr"], found["inet_sport"])
+    inet_span = max(found[n] + RAW_FIELDS[n][2] for n in ("inet_saddr", "inet_sport")) - inet_base
+    if common_span > _SPAN_LIMIT or inet_span > _SPAN_LIMIT:
+        raise BackendError(f"struct layout unexpected: sock_common fields span {common_span} bytes, "
+                           f"inet_sock's {inet_span} (read_sock copies at most {_SPAN_LIMIT})")
+    flags = [f"-DOFF_{name}={offset}" for name, offset in found.items()]
+    flags += [f"-DCOMMON_SPAN={common_span}", f"-DINET_BASE={inet_base}", f"-DINET_SPAN={inet_span}"]
+    return flags, found
+
+
+def attach_raw(bpf: Any, flavour: str, event: str, rescue: bool = False) -> None:
+    """Attach rawtp.bpf.c's primary (or rescue) program for one tracepoint event.
+
+    raw_tp attaches by name, tp_btf by BTF id. Both kinds of link are kept in bcc's
+    raw_tracepoint_fds (the rescue program's as `<event>#rescue`), so bcc's cleanup and
+    detach_raw_tracepoint() close them alike.
+    """
+    from bcc import BPF, lib
+
+    role = b"_rescue" if rescue else b""
+    key = event.encode() + (b"#rescue" if rescue else b"")
+    try:
+        if flavour == "raw_tp":
+            fn = bpf.load_func(b"rawtp" + role + b"__" + event.encode(), BPF.RAW_TRACEPOINT)
+            fd = lib.bpf_attach_raw_tracepoint(fn.fd, event.encode())
+            if fd < 0:
+                raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+            bpf.raw_tracepoint_fds[key] = fd
+            return
+        name = b"tpbtf" + role + b"__" + event.encode()
+        fn = bpf.funcs.get(name)
+        if fn is None:  # loaded once, attached (again) per on-period
+            fd = load_tp_btf(event, lib.bpf_function_start(bpf.module, name),
+                             lib.bpf_function_size(bpf.module, name), name.decode())
+            fn = bpf.funcs[name] = BPF.Function(bpf, name, fd)  # bcc's close() closes it
+        bpf.raw_tracepoint_fds[key] = attach_by_btf_id(fn.fd)
+    except Exception as exc:
+        raise BackendError(f"{flavour} {'rescue ' if rescue else ''}program on {event} failed: {exc}") from None
 
 
 def _read_prog_stats(fd: int) -> dict[str, int]:
@@ -393,21 +489,47 @@ class _Session:
             # the lost callback as PERF_RECORD_LOST, so take the larger, never the sum)
             lost_output = max(self._percpu_sums("lost", 1)[0], consumed["lost_callback"])
         programs = {name: self._program_stats(name, stats_after) for name in self.programs}
-        total_runs = sum(p["run_cnt"] for p in programs.values())
-        total_ns = sum(p["run_time_ns"] for p in programs.values())
         # trace_call_bpf() runs no tracepoint program while another BPF program is active on the
         # same CPU (bpf_prog_active): a softirq event (the passive side) arriving while a program
         # runs for a process-context event is skipped, and the kernel counts it (6.7+).
-        lost_recursion = sum(p["recursion_misses"] for p in programs.values())
-        observation.lost = lost_output + (0 if self.empty else lost_recursion)
+        # raw_tp/tp_btf skip a program only while it runs itself; their rescue programs run on
+        # every event (and return at once unless their primary was skipped), so events are the
+        # primaries' runs plus the rescued ones, while the cost is every program's.
+        # A rescue program's own misses lose nothing: it was running after its primary had
+        # returned, so the primary was idle and ran the nested event (both busy at once would
+        # need a third level of nesting, which TCP's process/softirq contexts never reach).
+        misses = sum(p["recursion_misses"] for n, p in programs.items() if not is_rescue(n))
+        rescued = self._percpu_sums("rescued", 1)[0] if self.program.details.get("rescue") else 0
+        total_runs = sum(p["run_cnt"] for n, p in programs.items() if not is_rescue(n)) + rescued
+        total_ns = sum(p["run_time_ns"] for p in programs.values())
+        lost_recursion = misses - rescued  # each rescued event is one of its primary's misses
+        flavour = self.program.details.get("flavour", "tp")
+        counted_from = MISSES_COUNTED_FROM.get(flavour, (6, 7))
+        misses_counted = kernel_version() >= counted_from
+        if self.empty:
+            observation.lost = lost_output
+        elif misses_counted:
+            observation.lost = lost_output + lost_recursion
+        else:
+            observation.lost = None  # the kernel skips runs here without counting them
         observation.details = {
             "mode": self.mode,
             "transport": self.transport,
             "hooks_attached": self.attached,
             "hooks_absent": self.absent,
             "filtered_out": {k: n for k, n in zip(EVENT_KINDS, filtered) if n},
-            "lost_recursion": lost_recursion,
+            "lost_recursion": lost_recursion if misses_counted else None,
+            "recursion_misses": misses,
+            "rescued": rescued if self.program.details.get("rescue") else None,
             "lost_output": lost_output,
+            "loss_method": (
+                "output failures (ring reserve or perf submit, counted by the programs) + the kernel's "
+                f"recursion_misses for skipped {flavour} runs (counted from Linux {counted_from[0]}.{counted_from[1]})"
+                if misses_counted else
+                f"unknown: this kernel ({os.uname().release}) skips {flavour} program runs that nest with another "
+                f"BPF program without counting them (recursion_misses is kept from Linux "
+                f"{counted_from[0]}.{counted_from[1]}); output failures alone: {lost_output}. Fidelity compares "
+                "the counts with kernel counters that cannot miss instead"),
             "bpf_stats": {
                 "programs": programs,
                 "run_cnt": total_runs,
@@ -508,6 +630,17 @@ class _Session:
         self.exit.close()
 
 
+def is_rescue(program: str) -> bool:
+    """rawtp.bpf.c's rescue programs (rawtp_rescue__<event>, tpbtf_rescue__<event>)."""
+    return "_rescue__" in program
+
+
+def kernel_version(release: str | None = None) -> tuple[int, int]:
+    """(major, minor) of the running kernel: `6.1.0-27-amd64` -> (6, 1)."""
+    match = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
 def _transition(old: int, new: int) -> str:
     return f"{STATE_NAMES.get(old, str(old))}->{STATE_NAMES.get(new, str(new))}"
 
@@ -529,8 +662,14 @@ class _TracepointSwitch:
 
     def __init__(self, backend: "TracepointBackend", topology: Topology, params: dict[str, Any]):
         self.session = _Session(backend, topology, params)
+        self.flavour = self.session.program.details.get("flavour", "tp")
+        self.misses_counted = kernel_version() >= MISSES_COUNTED_FROM.get(self.flavour, (6, 7))
         try:
-            self.links = {tp: b"tracepoint__" + tp.replace(b":", b"__") for tp in self.session.bpf.tracepoint_fds}
+            bpf = self.session.bpf
+            if self.flavour == "tp":
+                self.links = {tp: b"tracepoint__" + tp.replace(b":", b"__") for tp in bpf.tracepoint_fds}
+            else:
+                self.links = {event: event for event in bpf.raw_tracepoint_fds}
             if not self.links:
                 raise BackendError("nothing to switch: the programs attached no tracepoint")
             self._links_off()
@@ -540,22 +679,38 @@ class _TracepointSwitch:
             raise
 
     def _links_off(self) -> None:
-        for tp in list(self.session.bpf.tracepoint_fds):
-            self.session.bpf.detach_tracepoint(tp)
+        bpf = self.session.bpf
+        if self.flavour == "tp":
+            for tp in list(bpf.tracepoint_fds):
+                bpf.detach_tracepoint(tp)
+        else:
+            for event in list(bpf.raw_tracepoint_fds):
+                bpf.detach_raw_tracepoint(event)
 
     def _totals(self) -> dict[str, int]:
-        totals = {"run_cnt": 0, "run_time_ns": 0, "recursion_misses": 0}
-        for fd in self.session.programs.values():
-            for key, value in _read_prog_stats(fd).items():
-                totals[key] += value
+        totals = {"run_cnt": 0, "run_time_ns": 0, "recursion_misses": 0, "all_runs": 0}
+        for name, fd in self.session.programs.items():
+            stats = _read_prog_stats(fd)
+            totals["run_time_ns"] += stats["run_time_ns"]
+            totals["all_runs"] += stats["run_cnt"]
+            if not is_rescue(name):  # a rescue program's misses lose nothing (see detach)
+                totals["run_cnt"] += stats["run_cnt"]
+                totals["recursion_misses"] += stats["recursion_misses"]
+        rescue = self.session.program.details.get("rescue")
+        totals["rescued"] = self.session._percpu_sums("rescued", 1)[0] if rescue else 0
+        totals["run_cnt"] += totals["rescued"]
         totals["lost_output"] = self.session._percpu_sums("lost", 1)[0] if self.session.mode == "stream" else 0
         return totals
 
     def on(self) -> None:
         # runs since the last switch-off: must stay 0 ("off" means no program runs)
-        self.runs_while_off = self._totals()["run_cnt"] - self.totals["run_cnt"]
+        self.runs_while_off = self._totals()["all_runs"] - self.totals["all_runs"]
         for tp, fn in self.links.items():
-            self.session.bpf.attach_tracepoint(tp=tp, fn_name=fn)
+            if self.flavour == "tp":
+                self.session.bpf.attach_tracepoint(tp=tp, fn_name=fn)
+            else:
+                event, _, role = tp.decode().partition("#")
+                attach_raw(self.session.bpf, self.flavour, event, rescue=role == "rescue")
 
     def off(self) -> dict[str, Any]:
         self._links_off()
@@ -564,8 +719,11 @@ class _TracepointSwitch:
         self.totals = totals
         empty = self.session.empty
         return {"events": delta["run_cnt"], "run_time_ns": delta["run_time_ns"],
-                "lost": delta["lost_output"] + (0 if empty else delta["recursion_misses"]),
-                "recursion_misses": delta["recursion_misses"], "lost_output": delta["lost_output"],
+                "lost": (delta["lost_output"] if empty else
+                         delta["lost_output"] + delta["recursion_misses"] - delta["rescued"]
+                         if self.misses_counted else None),
+                "recursion_misses": delta["recursion_misses"], "rescued": delta["rescued"],
+                "lost_output": delta["lost_output"],
                 "runs_while_off": self.runs_while_off}
 
     def tasks(self) -> list[int]:
@@ -588,10 +746,13 @@ class TracepointBackend:
         self.empty = empty
         hooks_param = Param("hooks", str, "all", "tracepoints to attach: all, or short names joined "
                             f"by '+' ({'+'.join(HOOKS)})", check=_check_hooks)
+        flavour_param = Param("flavour", str, DEFAULT_FLAVOUR, "program type: tp (classic tracepoint), raw_tp "
+                              "(raw tracepoint, TP_PROTO arguments) or tp_btf (the same, BTF-typed)",
+                              choices=FLAVOURS)
         if empty:
             self.name = "tracepoint-empty"
             self.description = "the same tracepoints with programs that return at once: the in-kernel floor"
-            self.params = (hooks_param,)
+            self.params = (hooks_param, flavour_param)
         else:
             self.name = "tracepoint"
             self.description = "eBPF (bcc) on the 7 stable TCP tracepoints, streamed or aggregated in maps"
@@ -610,9 +771,14 @@ class TracepointBackend:
                 Param("batch", int, 32, "ring buffer: events staged per CPU and emitted together "
                       "(1: reserve/submit each event)", minimum=1, maximum=256,
                       check=lambda n: None if n & (n - 1) == 0 else "must be a power of two"),
+                flavour_param,
+                Param("check", bool, False, "raw_tp/tp_btf: attach the classic tracepoints as witnesses and "
+                      "compare every event's fields (accounted apart; slows the workload)"),
+                Param("rescue", bool, True, "raw_tp/tp_btf: a second program per tracepoint handles the events "
+                      "the kernel skips while the first runs (a softirq event nested in a process-context one)"),
             )
 
-    def availability(self, probe: KernelProbe) -> Availability:
+    def availability(self, probe: KernelProbe, params: dict[str, Any] | None = None) -> Availability:
         if not probe.available("bcc"):
             return Availability(False, probe["bcc"].reason)
         if not probe.available("headers"):
@@ -621,25 +787,76 @@ class TracepointBackend:
         if len(missing) == len(self.hooks):
             return Availability(False, "none of the seven TCP tracepoints exists on this kernel", missing)
         note = f"; absent here: {', '.join(missing)}" if missing else ""
-        return Availability(True, f"{len(self.hooks) - len(missing)} of {len(self.hooks)} tracepoints{note}", missing)
+        flavour = (params or {}).get("flavour", DEFAULT_FLAVOUR)
+        capability = f"flavour:{flavour}"
+        if capability in probe.capabilities and not probe.available(capability):
+            return Availability(False, f"flavour={flavour}: {probe[capability].reason}", missing)
+        return Availability(True, f"{len(self.hooks) - len(missing)} of {len(self.hooks)} tracepoints, "
+                            f"flavour {flavour}{note}", missing)
 
     def check_params(self, params: dict[str, Any]) -> None:
         if params.get("consumer") == "c" and params.get("transport") == "perf":
             raise UsageError("tracepoint: consumer=c reads a BPF ring buffer; it cannot be used with transport=perf")
+        if params.get("check") and params.get("flavour", DEFAULT_FLAVOUR) == "tp":
+            raise UsageError("tracepoint: check=true compares raw_tp/tp_btf reads with the classic tracepoints; "
+                             "with flavour=tp there is nothing to compare")
 
     def program(self, params: dict[str, Any]) -> Program:
         caps = probe_tracepoints()
-        selected = [HOOKS[name] for name in parse_hooks(params["hooks"])]
+        names = parse_hooks(params["hooks"])
+        selected = [HOOKS[name] for name in names]
         attached = [tp for tp in selected if caps[f"tracepoint:{tp}"].available]
         absent = {tp: caps[f"tracepoint:{tp}"].reason for tp in selected if tp not in attached}
         if not attached:
             raise BackendError(f"none of the selected tracepoints exists here: {absent}")
-        return Program(SOURCE, attached, absent, tracepoint_flags(attached, caps, find_headers().path))
+        flavour = params.get("flavour", DEFAULT_FLAVOUR)
+        headers_path = find_headers().path
+        if flavour == "tp":
+            return Program(SOURCE, attached, absent, tracepoint_flags(attached, caps, headers_path),
+                           details={"flavour": "tp"})
+        offset_flags, offsets = raw_offset_flags()
+        check = bool(params.get("check")) and not self.empty
+        rescue = bool(params.get("rescue")) and not self.empty
+        cflags = [*tracepoint_flags(attached, caps, headers_path), *offset_flags, "-DNESTABLE=1"]
+        if flavour == "tp_btf":
+            cflags.append("-DFLAVOUR_TP_BTF=1")
+        if check:
+            cflags.append("-DCHECK=1")
+        if rescue:
+            cflags.append("-DRESCUE=1")
+        events = [tp.split(":")[1] for tp in attached]
+        kinds = {HOOK_KINDS[name] for name in names if HOOKS[name] in attached}
+
+        def attach(bpf: Any) -> None:
+            # The witnesses (bcc attached them as it loaded them) must fire after the observer on
+            # each tracepoint: probes run in the order they were registered.
+            witnesses = list(bpf.tracepoint_fds)
+            for tp in witnesses:
+                bpf.detach_tracepoint(tp)
+            for event in events:
+                attach_raw(bpf, flavour, event)
+                if rescue:
+                    attach_raw(bpf, flavour, event, rescue=True)
+            for tp in witnesses:
+                bpf.attach_tracepoint(tp=tp, fn_name=b"tracepoint__" + tp.replace(b":", b"__"))
+
+        def finish(session: "_Session", observation: Observation, witness_stats: dict[str, Any]) -> None:
+            observation.details["fidelity"] = witness_fidelity(
+                session, witness_stats, attached if check else [], kinds, kinds, {},
+                "check=false" if not check else "no witness")
+
+        return Program(RAW_SOURCE, attached, absent, cflags,
+                       details={"flavour": flavour, "offsets": offsets, "rescue": rescue,
+                                "witness_tracepoints": attached if check else []},
+                       attach=attach, is_witness=lambda name: name.startswith("tracepoint__"), finish=finish)
 
     def attach(self, topology: Topology, params: dict[str, Any]) -> _Session:
         return _Session(self, topology, params)
 
     def prepare(self, topology: Topology, params: dict[str, Any]) -> _TracepointSwitch:
+        if params.get("check"):
+            raise UsageError("tracepoint: the toggled measurement needs check=false: the witnesses' cost "
+                             "would be counted as the observer's")
         if not self.empty and params["mode"] == "stream" and params["consumer"] == "python":
             # bcc's callbacks run in a thread of this process, whose CPU cannot be told apart here
             raise UsageError("tracepoint: the toggled measurement needs consumer=c (or auto) or mode=aggregate: "

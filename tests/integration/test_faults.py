@@ -107,7 +107,7 @@ FAULT_LOOPS = int(os.environ.get("TPBENCH_FAULT_LOOPS", "4"))
 
 def _our_programs() -> set:
     out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True)
-    return {p["id"] for p in json.loads(out.stdout) if p.get("name", "").startswith("tracepoint__")}
+    return {p["id"] for p in json.loads(out.stdout) if p.get("name", "").startswith(("tracepoint__", "rawtp", "tpbtf"))}
 
 
 def _processes(pattern: str) -> list[str]:

@@ -20,6 +20,8 @@ def _run(*params: str, backend: str = "tracepoint", tmp_path, anyway: bool = Fal
     """anyway: an independent tracer on the hook, or foreign traffic keeping a CPU busy, which the
     preflight refuses without --measure-anyway (and then records)."""
     anyway = ["--measure-anyway"] if anyway else []
+    # the classic tracepoint programs (flavour=tp): raw_tp and tp_btf are test_flavours.py's
+    params = (*params, "flavour=tp")
     result = tpbench("run", "-b", backend, "-w", "churn", "-p", ",".join(params), "--json", "-o", str(tmp_path),
                      *anyway)
     assert result.returncode == 0, result.stderr
@@ -158,7 +160,7 @@ def test_the_hosts_other_tcp_traffic_is_filtered_out_in_the_kernel(tmp_path):
 def test_a_run_leaves_no_program_attached_and_restores_bpf_stats(tmp_path):
     def programs() -> set:
         out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True)
-        return {p["id"] for p in json.loads(out.stdout) if p.get("name", "").startswith("tracepoint__")}
+        return {p["id"] for p in json.loads(out.stdout) if p.get("name", "").startswith(("tracepoint__", "rawtp", "tpbtf"))}
 
     before_programs, before_stats = programs(), read_sysctl("kernel.bpf_stats_enabled")
     _run("connections=200", tmp_path=tmp_path)

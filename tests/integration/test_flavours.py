@@ -1,0 +1,98 @@
+"""The tracepoint backend's program types (flavour=tp|raw_tp|tp_btf) for real on this kernel.
+
+raw_tp and tp_btf read every field through TP_PROTO's pointers at BTF offsets; with check=true
+the classic tracepoints ride along as witnesses and compare each event field by field. Each
+flavour the capability probe refuses is skipped with the probe's own reason."""
+
+import json
+
+import pytest
+
+from tests.conftest import tpbench
+
+pytestmark = pytest.mark.root
+
+
+def _probe() -> dict:
+    result = tpbench("kernel", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["capabilities"]
+
+
+def _needs(flavour: str) -> None:
+    cap = _probe()[f"flavour:{flavour}"]
+    if not cap["available"]:
+        pytest.skip(f"flavour {flavour} refused by this kernel: {cap['reason']}")
+
+
+def _trial(tmp_path, workload: str, *params: str) -> dict:
+    result = tpbench("run", "-b", "tracepoint", "-w", workload, "-p", ",".join(params), "--json", "-o", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    [trial] = json.loads(result.stdout)["cells"][0]["trials"]
+    assert trial["status"] == "ok", trial.get("traceback") or trial.get("error")
+    return trial
+
+
+def _witness_misses(fidelity: dict) -> int:
+    return sum(p["recursion_misses"] for p in fidelity["witness_bpf_stats"]["programs"].values())
+
+
+def test_the_probe_names_every_flavour_with_availability_and_a_reason():
+    caps = _probe()
+    for flavour in ("tp", "raw_tp", "tp_btf"):
+        cap = caps[f"flavour:{flavour}"]
+        assert isinstance(cap["available"], bool) and cap["reason"], cap
+    assert caps["flavour:tp"]["available"]  # the seven tracepoints exist on every kernel tested here
+
+
+@pytest.mark.parametrize("flavour", ["raw_tp", "tp_btf"])
+def test_churn_fields_read_through_pointers_match_the_classic_tracepoint_event_by_event(tmp_path, flavour):
+    _needs(flavour)
+    trial = _trial(tmp_path, "churn", "connections=2000", f"flavour={flavour}", "check=true")
+    observed, details = trial["observed"], trial["observed"]["details"]
+    assert details["flavour"] == flavour and details["rescue"] is True
+    fidelity = details["fidelity"]
+    assert fidelity["checked"], fidelity
+    unrescued, witness_misses = details["lost_recursion"], _witness_misses(fidelity)
+    for kind in ("state_change", "sock_destroy", "probe"):
+        entry = fidelity["per_kind"][kind]
+        assert entry["fields_differing"] == {}, (kind, fidelity.get("first_mismatch"))
+        # Unpaired events only where a program was skipped, and counted: the witness is a classic
+        # tracepoint program (skipped while any BPF program runs on the CPU), and the observer's
+        # misses that no rescue caught are its lost_recursion.
+        assert entry["kprobe_only"] <= witness_misses, (kind, entry, witness_misses)
+        assert entry["tracepoint_only"] <= unrescued, (kind, entry, unrescued)
+        assert entry["matched"] >= observed["events"][kind] - witness_misses, (kind, entry)
+    expected = trial["ground_truth"]["expected"]
+    states = sum(expected[side]["events"]["state_change"] for side in ("client", "server"))
+    # seen + the kernel's misses not rescued = what happened, exactly: no silent loss
+    assert observed["events"]["state_change"] + unrescued >= states
+    assert observed["lost"] == details["lost_output"] + unrescued
+    assert details["recursion_misses"] >= details["rescued"] >= 0
+    assert set(details["offsets"]) >= {"skc_daddr", "inet_sport", "snd_cwnd", "skb_head"}
+    programs = details["bpf_stats"]["programs"]
+    prefix = "rawtp" if flavour == "raw_tp" else "tpbtf"
+    assert programs[f"{prefix}__inet_sock_set_state"]["run_cnt"] > 0
+    assert programs[f"{prefix}_rescue__inet_sock_set_state"]["run_cnt"] > 0
+    assert not any(name.startswith("tracepoint__") for name in programs)  # the witnesses are apart
+
+
+@pytest.mark.parametrize("flavour", ["raw_tp", "tp_btf"])
+def test_resets_socketless_and_timewait_rsts_are_read_from_the_segment_as_the_tracepoint_does(tmp_path, flavour):
+    _needs(flavour)
+    trial = _trial(tmp_path, "resets", "aborts=300", "refused=300", f"flavour={flavour}", "check=true")
+    details = trial["observed"]["details"]
+    fidelity = details["fidelity"]
+    assert all(entry["fields_differing"] == {} for entry in fidelity["per_kind"].values()), fidelity
+    sent = fidelity["per_kind"]["reset_sent"]
+    assert sent["tracepoint_only"] <= details["lost_recursion"], sent
+    assert sent["matched"] >= 600 - _witness_misses(fidelity)  # 300 aborts + 300 socketless RSTs
+    nstat = trial["ground_truth"]["nstat"]
+    for side in ("client", "server"):
+        assert trial["observed"]["sides"][side]["events"]["reset_sent"] == nstat[side]["TcpOutRsts"], side
+
+
+def test_check_needs_a_flavour_that_reads_fields_itself(tmp_path):
+    result = tpbench("run", "-b", "tracepoint", "-w", "churn", "-p", "flavour=tp,check=true", "-o", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("tpbench: error: tracepoint: check=true compares")
