@@ -278,9 +278,11 @@ def _print_table(record) -> None:
         failed = len(cell["trials"]) - len(ok)
         rate = f"{statistics.median(t['operation_rate'] for t in ok):,.0f}/s" if ok else "-"
         notes = f"{failed} failed" if failed else ""
-        lost = sum(t["observed"]["lost"] for t in ok)
-        if lost:
-            notes += f" {lost} events lost"
+        lost = [t["observed"]["lost"] for t in ok]
+        if any(n is None for n in lost):
+            notes += " loss not countable on this kernel (see loss_method)"
+        elif sum(lost):
+            notes += f" {sum(lost)} events lost"
         print(f"{cell['workload']:<10} {cell['backend']:<12} {len(ok):>6} {rate:>16}  {notes}")
     print(f"record: {record.path}")
 

@@ -159,6 +159,9 @@ def _fidelity_summary(cell_fid: dict[str, Any] | None) -> str:
     parts += [f"extra {extra:,}"] if extra else []
     if cell_fid["lost_reported"]:
         parts.append(f"lost {cell_fid['lost_reported']:,} {cell_fid['lost_unit']}")
+    if cell_fid["lost_reported"] is None:
+        parts.append(f"loss not countable here, probably {cell_fid['probable_silent_loss']:,} lost silently "
+                     "(kernel counters)")
     if invisible:
         parts.append(f"cannot see {', '.join(invisible)}")
     return "; ".join(parts) or "as declared"
@@ -286,6 +289,12 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
     return lines
+
+
+def _lost_text(cell: dict[str, Any]) -> str:
+    if cell["lost_reported"] is None:  # the kernel cannot count the observer's skipped runs
+        return f"not countable (probably {cell['probable_silent_loss']:,} silently, by kernel counters)"
+    return f"{cell['lost_reported']:,} {cell['lost_unit']}"
 
 
 def _n(value: Any) -> str:
@@ -480,7 +489,7 @@ def _fidelity_section(analysis: dict[str, Any]) -> list[str]:
             checks = cell["kernel_checks"]
             summary.append([label, _n(sum(r["expected"] or 0 for r in rows_ if r["category"] == "event")),
                             _n(sum(r["missing"] or 0 for r in rows_)), _n(sum(r["extra"] or 0 for r in rows_)),
-                            f"{cell['lost_reported']:,} {cell['lost_unit']}",
+                            _lost_text(cell),
                             ", ".join(sorted({r["name"] for r in rows_ if row_status(r) == "invisible"})) or "-",
                             _n(sum(cell["other_side"].values())),
                             f"{sum(1 for c in checks if c['difference'] == 0)}/{len(checks)}" if checks else "-"])
@@ -498,7 +507,7 @@ def _fidelity_section(analysis: dict[str, Any]) -> list[str]:
                              f"{r['trials_as_declared']}/{r['trials']}" if r["declared"] in ("exact", "equals_nstat", "at_least") else "-",
                              status + (f": {r['invisible']}" if status == "invisible" else "")
                              + (f" ({r['note']})" if r["note"] and status != "invisible" else "")])
-            lost = f"{cell['lost_reported']:,} {cell['lost_unit']}"
+            lost = _lost_text(cell)
             out += [f"**{label}** ({cell['trials']} trials; observer-reported lost: {lost})", ""]
             out += _md_table(["side", "transition / kind", "declared", "expected", "bound", "seen", "lost",
                               "missing", "extra", "trials as declared", "status"], rows)

@@ -280,7 +280,8 @@ def analyse_group(entry: dict[str, Any], decide_pp: float = DECIDE_PP) -> dict[s
             ops = sum(c["period_ops"] for c in mine)
             events = [c["events"] for c in mine if c["events"] is not None]
             row["events_per_op"] = sum(events) / ops if ops and events else None
-            row["lost"] = sum(c["lost"] or 0 for c in mine)
+            # None: the kernel cannot count this observer's skipped runs (tp and kprobe before 6.7)
+            row["lost"] = None if any(c["lost"] is None for c in mine) else sum(c["lost"] for c in mine)
         if arm["role"] == "observer":
             row["overhead"] = compare(costs, [arm["label"]], base_labels, scale, decide_pp, estimator)
             row["cross_check"] = _cross_check(mine, row["overhead"])

@@ -53,7 +53,16 @@ def test_kprobe_in_a_vm_sees_exactly_the_transitions_the_tracepoint_sees_on_chur
     for backend, trial in trials.items():
         observed, expected = trial["observed"], trial["ground_truth"]["expected"]
         assert trial["ground_truth"]["generator"]["connections"] == connections
-        assert observed["lost"] == 0
+        details = observed["details"]
+        if backend == "kprobe":
+            # 6.1 cannot count the kprobe runs it skips (trace_call_bpf, from 6.7): no loss count
+            # is claimed, and the record says why
+            assert observed["lost"] is None and details["lost_recursion"] is None
+            assert details["loss_method"].startswith("unknown: this kernel"), details["loss_method"]
+        else:
+            # the default flavour, raw_tp, runs through __bpf_trace_run, which counts (6.0+)
+            assert details["flavour"] == "raw_tp"
+            assert observed["lost"] == details["lost_output"] + details["lost_recursion"]
         # 6.1 does not count the events trace_call_bpf skips while another BPF program runs on the
         # CPU (bpf_prog_active; counted from 6.7): a softirq arriving during a program run loses
         # its events silently, for every kprobe and tracepoint program alike. Under emulation a

@@ -243,3 +243,22 @@ def test_a_sweep_with_no_precise_point_still_reports_the_direction_where_the_ci_
     report = (tmp_path / "report.md").read_text()
     assert ("no point decided to the verdict's precision; on direction alone (95% CI excludes 0 at 3 of 3 "
             "points): tracepoint cheaper at each of them, no crossover") in report
+
+
+def test_where_the_kernel_cannot_count_losses_the_counters_that_cannot_miss_give_the_shortfall(tmp_path):
+    # a 6.1 kprobe-like cell: lost is null (skipped runs not counted), and the server missed two
+    # TIME_WAIT closes and one passive open that TcpExtTW and TcpPassiveOpens counted
+    sides = _perfect()
+    sides["server"]["transitions"].update({"LISTEN->SYN_RECV": 99, "FIN_WAIT2->CLOSE": 98})
+    trial = _trial(0, 0.5, sides, lost=None, details={"loss_method": "unknown: this kernel ..."})
+    trial["ground_truth"]["nstat"]["server"]["TcpExtTW"] = 100
+    result = next(iter(fidelity(_run(_cell("kprobe", [trial]))).values()))["churn/kprobe"]
+    assert result["lost_reported"] is None
+    assert result["probable_silent_loss"] == 3
+    tw = next(c for c in result["kernel_checks"] if c["counter"] == "TcpExtTW")
+    assert (tw["seen"], tw["counted"], tw["shortfall"]) == (98, 100, 2)
+    # where losses are countable, no guess is made
+    counted = next(iter(fidelity(_run(_cell("kprobe", [_trial(0, 0.5, _perfect())]))).values()))["churn/kprobe"]
+    assert counted["probable_silent_loss"] is None and counted["lost_reported"] == 0
+    write_outputs(tmp_path, _run(_cell("kprobe", [trial])))
+    assert "not countable (probably 3 silently" in (tmp_path / "report.md").read_text()
