@@ -139,13 +139,19 @@ def format_flags(caps: dict[str, Any], tracepoints: list[str]) -> list[str]:
     return flags
 
 
-def _needs_rst_reason_stub(caps: dict[str, Any], headers_path: str | None) -> bool:
+def _needs_rst_reason_stub(caps: dict[str, Any], headers_path: str | None, net_headers: bool) -> bool:
+    """tcp_send_reset's 6.10+ format names `enum sk_rst_reason`: the program must see it complete.
+
+    tracepoint.bpf.c and rawtp.bpf.c include no networking headers, so they always take the stub;
+    kprobe.bpf.c (net_headers) gets the real enum from net/request_sock.h where the headers have
+    net/rstreason.h (6.10+), and the stub otherwise (6.1 headers under a 6.18 format).
+    """
     fmt = caps.get("tracepoint:tcp:tcp_send_reset")
     uses_enum = fmt is not None and fmt.available and any(
         f["type"] == "enum sk_rst_reason" for f in fmt.data["fields"]
     )
     has_header = headers_path is not None and (Path(headers_path) / "include/net/rstreason.h").exists()
-    return uses_enum and not has_header
+    return uses_enum and not (net_headers and has_header)
 
 
 class BackendError(RuntimeError):
@@ -388,10 +394,11 @@ class Program:
     finish: Callable[["_Session", Observation, dict[str, Any]], None] | None = None
 
 
-def tracepoint_flags(tracepoints: list[str], caps: dict[str, Any], headers_path: str | None) -> list[str]:
+def tracepoint_flags(tracepoints: list[str], caps: dict[str, Any], headers_path: str | None,
+                     net_headers: bool = False) -> list[str]:
     """-DHOOK_<event> and the format flags for these tracepoints (also kprobe.py's witness)."""
     flags = [*(f"-DHOOK_{tp.split(':')[1]}=1" for tp in tracepoints), *format_flags(caps, tracepoints)]
-    if _needs_rst_reason_stub(caps, headers_path):
+    if _needs_rst_reason_stub(caps, headers_path, net_headers):
         flags.append("-DNEED_SK_RST_REASON_STUB=1")
     return flags
 
