@@ -86,6 +86,17 @@ def merge_trees(common: Path, flavour: Path, target: Path) -> None:
     staging.rename(target)
 
 
+def header_file(headers_path: str | None, relative: str) -> Path | None:
+    """`relative` (e.g. include/net/rstreason.h) in a headers tree: a merged fallback tree holds
+    everything; Debian's exact -<flavour> tree (/lib/modules/<release>/build) leaves the generic
+    headers to its -common half beside it."""
+    if headers_path is None:
+        return None
+    root = Path(headers_path)
+    common = root.with_name(re.sub(r"-[a-z0-9]+$", "-common", root.name))
+    return next((c / relative for c in (root, common) if (c / relative).exists()), None)
+
+
 def find_headers(
     release: str | None = None,
     modules_root: Path = Path("/lib/modules"),

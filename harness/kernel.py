@@ -314,16 +314,13 @@ def _load_return_zero(prog_type: int, attach_type: int = 0, attach_btf_id: int =
     return _bpf(_BPF_PROG_LOAD, bytes(attr))
 
 
-def load_tp_btf(event: str, insns: int, size: int, name: str) -> int:
-    """Load compiled instructions (bcc's, maps already relocated) as a tp_btf program on `event`.
+def load_tracing(insns: int, size: int, name: str, attach_type: int, btf_id: int) -> int:
+    """Load compiled instructions (bcc's, maps already relocated) as a BPF_PROG_TYPE_TRACING program.
 
-    bcc 0.26 loads tracing programs only as fentry/fexit/lsm (by name prefix), so tp_btf
-    (BPF_PROG_TYPE_TRACING with BPF_TRACE_RAW_TP, attached by the btf_trace_<event> type) is loaded
-    here. Returns the program fd; OSError with the verifier's first lines when refused.
+    bcc 0.26 loads tracing programs only all at once as it compiles (fentry, fexit, lsm, by name
+    prefix; one refusal fails them all) and not as tp_btf at all, so tpbench loads them one by
+    one. Returns the fd; OSError with the verifier's last lines when refused.
     """
-    type_id = _btf_func_id(f"btf_trace_{event}", _BTF_KIND_TYPEDEF)
-    if type_id is None:
-        raise OSError(errno.ENOENT, f"btf_trace_{event} not in vmlinux BTF")
     license_buf = ctypes.create_string_buffer(b"GPL")
     log = ctypes.create_string_buffer(1 << 16)
     attr = bytearray(128)
@@ -331,13 +328,29 @@ def load_tp_btf(event: str, insns: int, size: int, name: str) -> int:
     struct.pack_into("<QQ", attr, 8, insns, ctypes.addressof(license_buf))
     struct.pack_into("<IIQ", attr, 24, 1, len(log), ctypes.addressof(log))
     attr[48:64] = name.encode()[:15].ljust(16, b"\0")
-    struct.pack_into("<I", attr, 68, _BPF_TRACE_RAW_TP)
-    struct.pack_into("<I", attr, 108, type_id)
+    struct.pack_into("<I", attr, 68, attach_type)
+    struct.pack_into("<I", attr, 108, btf_id)
     fd, err = _bpf(_BPF_PROG_LOAD, bytes(attr))
     if fd < 0:
         lines = [line for line in log.value.decode(errors="replace").splitlines() if line.strip()]
         raise OSError(err, f"{_errno_text(err)}{': ' + ' | '.join(lines[-3:]) if lines else ''}")
     return fd
+
+
+def load_tp_btf(event: str, insns: int, size: int, name: str) -> int:
+    """A tp_btf program on tracepoint `event` (BPF_TRACE_RAW_TP, by the btf_trace_<event> type)."""
+    type_id = _btf_func_id(f"btf_trace_{event}", _BTF_KIND_TYPEDEF)
+    if type_id is None:
+        raise OSError(errno.ENOENT, f"btf_trace_{event} not in vmlinux BTF")
+    return load_tracing(insns, size, name, _BPF_TRACE_RAW_TP, type_id)
+
+
+def load_fentry(function: str, insns: int, size: int, name: str) -> int:
+    """An fentry program on kernel function `function` (BPF_TRACE_FENTRY, by its BTF FUNC id)."""
+    type_id = _btf_func_id(function)
+    if type_id is None:
+        raise OSError(errno.ENOENT, f"{function} not in vmlinux BTF")
+    return load_tracing(insns, size, name, _BPF_TRACE_FENTRY, type_id)
 
 
 def attach_by_btf_id(prog_fd: int) -> int:

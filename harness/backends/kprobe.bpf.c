@@ -35,13 +35,17 @@
 // pt_regs function into register reads only when the function is written out literally (not from
 // a macro), so the kprobe entry reads its registers itself with PT_REGS_PARMn.
 #ifdef FENTRY
-// Token pasting in KFUNC_PROBE would not expand FN_<hook>: one level of indirection does. The
-// program is named kfunc__<function>, which is how bcc finds the function to attach to.
-#define KFUNC_(fn, args...) KFUNC_PROBE(fn, args)
+// Token pasting would not expand FN_<hook>: one level of indirection does. The program is named
+// fentry__<function>, which bcc does not attach by itself (kfunc__ it would, all or nothing):
+// kprobe.py loads and attaches each one, keeping those the kernel accepts.
+#define FENTRY_PROG(fn, args...) BPF_PROG(fentry__##fn, ##args)
+#define KFUNC_(fn, args...) FENTRY_PROG(fn, args)
+// fentry programs must return 0 (the verifier enforces it from 6.x: "R0 has smin=1 smax=1 should
+// have been in [0, 0]" on 6.12), whatever handle() passes on for tracepoints.
 #define ENTRY1(hook, t1) \
-    KFUNC_(FN_##hook, t1 a1) { return do_##hook(ctx, a1); }
+    KFUNC_(FN_##hook, t1 a1) { do_##hook(ctx, a1); return 0; }
 #define ENTRY2(hook, t1, t2) \
-    KFUNC_(FN_##hook, t1 a1, t2 a2) { return do_##hook(ctx, a1, a2); }
+    KFUNC_(FN_##hook, t1 a1, t2 a2) { do_##hook(ctx, a1, a2); return 0; }
 #else
 // The loader attaches probe_<hook> to the function kallsyms resolved (never a .isra clone, whose
 // registers need not follow the C signature).
@@ -90,6 +94,12 @@ static __always_inline void read_sock(const struct sock *sk, struct sockfields *
 {
     u16 sport_be = 0;
     read_common(sk, f);
+    if (f->state == TCP_TIME_WAIT || f->state == TCP_NEW_SYN_RECV) {
+        // not a full socket (no inet_sock behind sock_common): its local port is skc_num, which
+        // is what 6.10+'s tcp_send_reset reports for it (from the segment being answered)
+        bpf_probe_read_kernel(&f->sport, sizeof(f->sport), &sk->__sk_common.skc_num);
+        return;
+    }
     bpf_probe_read_kernel(&sport_be, sizeof(sport_be), &((const struct inet_sock *)sk)->inet_sport);
     f->sport = bpf_ntohs(sport_be);
 }
@@ -199,6 +209,8 @@ static __always_inline int do_send_reset(void *ctx, const struct sock *sk, struc
     struct tcphdr th = {};
     bpf_probe_read_kernel(&ip, sizeof(ip), head + network);
     bpf_probe_read_kernel(&th, sizeof(th), head + transport);
+    // 6.10+ fires tcp_send_reset for this RST too, inside this function (witness.bpf.h pairs it)
+    REMEMBER(KIND_RESET_SENT, 0, AF_INET, ip.daddr, ip.saddr, bpf_ntohs(th.dest), bpf_ntohs(th.source), 0, 0, 0);
     return handle(ctx, KIND_RESET_SENT, AF_INET, ip.daddr, ip.saddr, bpf_ntohs(th.dest),
                   bpf_ntohs(th.source), 0, 0, 0, 0);
 }

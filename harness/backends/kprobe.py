@@ -29,13 +29,14 @@ workload, so measure throughput with check=false.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..headers import find_headers
-from ..kernel import KernelProbe, _btf_func_id, probe_tracepoints, resolve_functions
+from ..headers import find_headers, header_file
+from ..kernel import KernelProbe, _btf_func_id, attach_by_btf_id, load_fentry, probe_tracepoints, resolve_functions
 from ..params import Param, names_check, parse_names
 from .base import Availability, Observation
 from .tracepoint import BackendError, Program, TracepointBackend, _Session, tracepoint_flags
@@ -101,6 +102,60 @@ def resolve_hooks(names: tuple[str, ...], kallsyms: str | None = None,
         if name not in chosen:
             absent[name] = "; ".join(reasons)
     return chosen, absent
+
+
+# BTF-managed objects that linux/bpf.h (6.9+) takes the size of: bcc compiles against its own
+# older copy of uapi/linux/bpf.h, which lacks the newer ones ("incomplete type 'struct bpf_wq'"
+# with Debian's 6.12 headers; bcc issues 5444, 5451 for 6.18's bpf_task_work).
+UAPI_OPAQUE = ("bpf_wq", "bpf_list_head", "bpf_list_node", "bpf_rb_root", "bpf_rb_node", "bpf_refcount",
+               "bpf_task_work", "bpf_res_spin_lock")
+
+
+def uapi_prelude(headers_path: str | None) -> bytes:
+    """Definitions, copied from the headers' own uapi/linux/bpf.h, of the structs bcc's copy lacks."""
+    if headers_path is None:
+        return b""
+    uapi = header_file(headers_path, "include/uapi/linux/bpf.h")
+    if uapi is None:
+        return b""
+    text = uapi.read_text(errors="replace")
+    bcc_lib = Path("/usr/lib/x86_64-linux-gnu/libbcc.so.0")
+    known = bcc_lib.read_bytes() if bcc_lib.exists() else b""
+    out = []
+    for name in UAPI_OPAQUE:
+        found = re.search(r"^struct %s \{[^}]*\}[^;]*;" % name, text, re.MULTILINE)
+        if found and f"struct {name} {{".encode() not in known:
+            out.append(found.group(0))
+    return ("\n".join(out) + "\n").encode() if out else b""
+
+
+def attach_fentries(bpf: Any, chosen: dict[str, str], attached: list[str], absent: dict[str, str]) -> None:
+    """Load and attach each fentry__<function> program on its own; a refused one is absent, not fatal.
+
+    (6.1 refuses fentry on __tcp_retransmit_skb with EINVAL while it accepts the others.) Links go
+    into bcc's raw_tracepoint_fds and programs into its funcs, so bcc's cleanup closes them.
+    """
+    from bcc import BPF, lib
+
+    for hook, symbol in list(chosen.items()):
+        name = f"fentry__{symbol}".encode()
+        try:
+            fd = load_fentry(symbol, lib.bpf_function_start(bpf.module, name), lib.bpf_function_size(bpf.module, name),
+                             f"fentry_{hook}")
+        except OSError as exc:
+            absent[hook] = f"fentry on {symbol} refused by the kernel: {exc.strerror or exc}"
+            attached.remove(f"fentry:{symbol}")
+            del chosen[hook]
+            continue
+        bpf.funcs[name] = BPF.Function(bpf, name, fd)
+        try:
+            bpf.raw_tracepoint_fds[b"fentry:" + symbol.encode()] = attach_by_btf_id(fd)
+        except OSError as exc:
+            absent[hook] = f"fentry on {symbol} loaded but did not attach: {exc.strerror or exc}"
+            attached.remove(f"fentry:{symbol}")
+            del chosen[hook]
+    if not chosen:
+        raise BackendError(f"the kernel refused every fentry program: {absent}")
 
 
 class KprobeBackend:
@@ -175,16 +230,17 @@ class KprobeBackend:
             witnesses = list(dict.fromkeys(HOOKS[n].tracepoint for n in chosen
                                            if caps[f"tracepoint:{HOOKS[n].tracepoint}"].available))
             if witnesses:
-                cflags += ["-DCHECK=1", *tracepoint_flags(witnesses, caps, headers.path)]
+                cflags += ["-DCHECK=1", *tracepoint_flags(witnesses, caps, headers.path, net_headers=True)]
             details["witness_tracepoints"] = witnesses
-        attached_kinds = {HOOKS[n].kind for n in chosen}
-        checked_kinds = {HOOKS[n].kind for n in chosen if HOOKS[n].tracepoint in witnesses}
         conditional = {HOOKS[n].kind: HOOKS[n].tracepoint_conditional for n in chosen
                        if HOOKS[n].tracepoint_conditional}
 
+        attached = [f"{'fentry' if self.fentry else 'kprobe'}:{symbol}" for symbol in chosen.values()]
+
         def attach(bpf: Any) -> None:
             if self.fentry:
-                return  # bcc attached every kfunc__<function> program when it loaded them
+                attach_fentries(bpf, chosen, attached, absent)
+                return
             for name, symbol in chosen.items():
                 try:
                     bpf.attach_kprobe(event=symbol, fn_name=f"probe_{name}")
@@ -193,18 +249,22 @@ class KprobeBackend:
 
         def finish(session: _Session, observation: Observation, witness_stats: dict[str, Any]) -> None:
             reason = "check=false" if not params["check"] else "no witness tracepoint on this kernel"
+            # the hooks attached in the end (fentry drops those the kernel refused)
+            attached_kinds = {HOOKS[n].kind for n in chosen}
+            checked_kinds = {HOOKS[n].kind for n in chosen if HOOKS[n].tracepoint in witnesses}
             observation.details["fidelity"] = witness_fidelity(
                 session, witness_stats, witnesses, attached_kinds, checked_kinds, conditional, reason)
 
         return Program(
             source=SOURCE,
-            attached=[f"{'fentry' if self.fentry else 'kprobe'}:{symbol}" for symbol in chosen.values()],
-            absent={name: reason for name, reason in absent.items()},
+            attached=attached,
+            absent=absent,  # attach() adds the hooks the kernel refuses
             cflags=cflags,
             details=details,
             attach=attach,
             is_witness=lambda name: name.startswith("tracepoint__"),
             finish=finish,
+            prelude=uapi_prelude(headers.path),
         )
 
     def attach(self, topology: Any, params: dict[str, Any]) -> _Session:

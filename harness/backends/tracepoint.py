@@ -49,7 +49,7 @@ from netns import Topology
 
 from .. import btf, flowmatch
 from ..errors import UsageError
-from ..headers import find_headers
+from ..headers import find_headers, header_file
 from ..kernel import KernelProbe, attach_by_btf_id, load_tp_btf, probe_ringbuf, probe_tracepoints
 from ..params import Param, names_check, parse_names
 from ..system import die_with_runner, sysctl_set
@@ -150,7 +150,7 @@ def _needs_rst_reason_stub(caps: dict[str, Any], headers_path: str | None, net_h
     uses_enum = fmt is not None and fmt.available and any(
         f["type"] == "enum sk_rst_reason" for f in fmt.data["fields"]
     )
-    has_header = headers_path is not None and (Path(headers_path) / "include/net/rstreason.h").exists()
+    has_header = header_file(headers_path, "include/net/rstreason.h") is not None
     return uses_enum and not (net_headers and has_header)
 
 
@@ -392,6 +392,7 @@ class Program:
     attach: Callable[[Any], None] | None = None
     is_witness: Callable[[str], bool] = lambda name: False
     finish: Callable[["_Session", Observation, dict[str, Any]], None] | None = None
+    prelude: bytes = b""  # C placed before the source (kprobe.py: uapi structs bcc's copy lacks)
 
 
 def tracepoint_flags(tracepoints: list[str], caps: dict[str, Any], headers_path: str | None,
@@ -458,7 +459,7 @@ class _Session:
         self.cflags = cflags
         # bpf_stats costs two clock reads per program run: on only while we measure, then restored
         self.exit.enter_context(sysctl_set("kernel.bpf_stats_enabled", "1"))
-        self.bpf = _compile(bpf_source(self.program.source), cflags)
+        self.bpf = _compile(self.program.prelude + bpf_source(self.program.source), cflags)
         self.exit.callback(self.bpf.cleanup)
         if self.program.attach is not None:  # explicit attachments (kprobes); tracepoints auto-attach
             self.program.attach(self.bpf)

@@ -51,8 +51,15 @@ static __always_inline void remember(u8 kind, const void *sk, u16 family, u32 sa
                                      u16 sport, u16 dport, int oldstate, int newstate, u32 extra)
 {
 #ifndef WITNESS_SAME_CALL
+#if TP_tcp_send_reset_saddr_SIZE == 28
+    // 6.10+ formats: tcp_send_reset fires for a socketless RST too, inside tcp_v4_send_reset
+    // right after the kprobe at its entry, on the same CPU: (0, kind, CPU) pairs them
+    if (!sk && kind != KIND_RESET_SENT)
+        return;
+#else
     if (!sk)
         return; // a socketless RST has no tracepoint on 6.1, and no key to pair by
+#endif
 #endif
     // WITNESS_SAME_CALL (raw_tp, tp_btf): observer and witness run in the same tracepoint call,
     // back to back on one CPU, so (0, kind, CPU) pairs a socketless RST as well

@@ -128,3 +128,17 @@ def test_shared_bpf_code_is_pasted_into_the_program_bcc_compiles():
 def test_every_hook_has_a_program_in_the_bpf_source(hook):
     text = Path("harness/backends/kprobe.bpf.c").read_text()
     assert f"#ifdef KHOOK_{hook}\n" in text
+
+
+def test_uapi_prelude_copies_only_the_opaque_structs_bccs_own_uapi_copy_lacks(tmp_path):
+    from harness.backends.kprobe import uapi_prelude
+
+    common = tmp_path / "linux-headers-9.9-common" / "include/uapi/linux"
+    common.mkdir(parents=True)
+    (common / "bpf.h").write_text("struct bpf_timer {\n\t__u64 __opaque[2];\n} __attribute__((aligned(8)));\n"
+                                  "struct bpf_wq {\n\t__u64 __opaque[2];\n} __attribute__((aligned(8)));\n")
+    (tmp_path / "linux-headers-9.9-amd64").mkdir()
+    # the exact -amd64 tree finds its -common half; bcc 0.26 knows bpf_timer, not bpf_wq
+    prelude = uapi_prelude(str(tmp_path / "linux-headers-9.9-amd64")).decode()
+    assert prelude == "struct bpf_wq {\n\t__u64 __opaque[2];\n} __attribute__((aligned(8)));\n"
+    assert uapi_prelude(str(tmp_path / "nothing-here")) == b"" and uapi_prelude(None) == b""
