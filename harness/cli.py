@@ -216,12 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser(
         "compare",
-        help="two runs side by side (two kernels, two dates): overhead per workload and backend",
+        help="runs side by side (kernels, dates): overhead, fidelity, loss and in-kernel cost per cell",
         epilog="examples:\n  tpbench compare results/20261126T140512-3fa9 results/20261201T090000-77ab\n"
+        "  tpbench compare results/vm-6.1-* results/vm-6.12-* results/host-6.18-matrix-*   (one per kernel)\n"
         "writes compare.md into the current directory (or --out)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    compare.add_argument("run_dirs", type=Path, nargs=2, metavar="DIR", help="two run folders (or run.json files)")
+    compare.add_argument("run_dirs", type=Path, nargs="+", metavar="DIR",
+                         help="two or more run folders (or run.json files), e.g. one per kernel")
     compare.add_argument("-o", "--out", type=Path, default=Path("."), help="folder for compare.md (default .)")
 
     listing = commands.add_parser("list", help="backends, workloads and their parameters")
@@ -455,6 +457,8 @@ def cmd_vm(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report import compare, load_run
 
+    if len(args.run_dirs) < 2:
+        raise UsageError("compare needs at least two run folders")
     runs = [(str(path), load_run(path)) for path in args.run_dirs]
     markdown, lines = compare(runs)
     target = args.out / "compare.md"

@@ -664,45 +664,82 @@ def _caveats_section(run: dict[str, Any], analysis: dict[str, Any]) -> list[str]
 
 # ---------------------------------------------------------------- compare
 
+def _ns_per_event(run: dict[str, Any], key: str, label: str) -> float | None:
+    values = [((t.get("observed") or {}).get("details") or {}).get("bpf_stats", {}).get("ns_per_event")
+              for cell in run["cells"] if workload_key(cell) == key and cell.get("label") == label
+              for t in cell.get("trials", []) if t.get("status") == "ok"]
+    values = sorted(v for v in values if v)
+    return values[len(values) // 2] if values else None
+
+
+def _compare_cell(run: dict[str, Any], an: dict[str, Any], fid: dict[str, Any], key: str, label: str) -> str:
+    """One run's view of one cell: availability, overhead, fidelity, loss and in-kernel cost."""
+    cell = an["workloads"].get(key, {}).get("cells", {}).get(label)
+    if cell is None:
+        return "not run"
+    if not cell["available"]:
+        return "unavailable: " + str(cell.get("reason") or "")[:80]
+    parts = []
+    over = (cell.get("overhead") or {}).get("cpu_per_op")
+    if over:
+        parts.append(f"{_pct_ci(over['percent'])} ({over['verdict']})")
+    cell_fid = fid.get(key, {}).get(label)
+    if cell_fid:
+        parts.append(_fidelity_summary(cell_fid))
+        if cell_fid["lost_reported"] is not None:
+            parts.append(f"lost {cell_fid['lost_reported']:,}")
+    ns = _ns_per_event(run, key, label)
+    if ns:
+        parts.append(f"{ns:,.0f} ns/event")
+    return "; ".join(parts) or "-"
+
+
 def compare(runs: list[tuple[str, dict[str, Any]]]) -> tuple[str, list[str]]:
-    """Two runs side by side: overhead per workload and backend present in both. Returns
-    (markdown, terminal lines)."""
-    (name_a, run_a), (name_b, run_b) = runs
-    an_a, an_b = analyse(run_a), analyse(run_b)
+    """Runs side by side (two or more: e.g. one per kernel): per workload and cell, each run's
+    overhead against its own baseline, fidelity, loss and in-kernel cost. Returns (markdown,
+    terminal lines)."""
+    letters = [chr(ord("A") + i) for i in range(len(runs))]
+    analyses = [analyse(run) for _, run in runs]
+    fidelities = [fidelity(run) for _, run in runs]
 
     def title(run: dict[str, Any]) -> str:
         emulated = ", EMULATED VM: timings not native" if (run.get("vm") or {}).get("emulated") else ""
         return (f"{run['run_id']} (kernel {run['kernel']['release']}, headers {(run.get('headers') or {}).get('kind', '?')}, "
                 f"{str(run.get('started_at') or '?')[:10]}{emulated})")
 
-    md = ["# tpbench compare", "", f"- **A**: {title(run_a)} from `{name_a}`", f"- **B**: {title(run_b)} from `{name_b}`",
-          "", "CPU overhead per operation against each run's own no-observer baseline (median, 95% CI), and "
-          "each run's verdict. Runs on different kernels or machines are compared by their overheads, "
-          "never by raw CPU time.", ""]
-    terminal = [f"A: {title(run_a)}", f"B: {title(run_b)}"]
-    common = [k for k in an_a["workloads"] if k in an_b["workloads"]]
-    if not common:
-        md += ["No workload (with the same parameters) is in both runs."]
-        terminal.append("no workload with the same parameters in both runs")
-    for key in common:
-        cells_a, cells_b = an_a["workloads"][key]["cells"], an_b["workloads"][key]["cells"]
+    md = ["# tpbench compare", ""]
+    md += [f"- **{letter}**: {title(run)} from `{name}`" for letter, (name, run) in zip(letters, runs)]
+    md += ["", "Per cell and run: CPU overhead per operation against that run's own no-observer baseline "
+           "(median, 95% CI, verdict) where it has one, fidelity against the workload's declaration, the "
+           "losses the observer reported (none where the kernel cannot count them) and the in-kernel cost "
+           "per event (bpf_stats median). Runs on different kernels or machines are compared by these, "
+           "never by raw CPU time.", ""]
+    terminal = [f"{letter}: {title(run)}" for letter, (_, run) in zip(letters, runs)]
+    keys = list(dict.fromkeys(k for an in analyses for k in an["workloads"]))
+    shared = [k for k in keys if sum(k in an["workloads"] for an in analyses) >= 2]
+    if not shared:
+        md += ["No workload (with the same parameters) is in two of the runs."]
+        terminal.append("no workload with the same parameters in two of the runs")
+    for key in shared:
+        labels = list(dict.fromkeys(label for an in analyses for label, cell in
+                                    an["workloads"].get(key, {}).get("cells", {}).items() if cell["backend"] != "none"))
         rows = []
         terminal.append(f"\n{key}")
-        for label in [l for l in cells_a if l in cells_b]:
-            a, b = cells_a[label], cells_b[label]
-            if a["backend"] == "none":
-                continue
-            oa = a.get("overhead", {}).get("cpu_per_op") if a["available"] else None
-            ob = b.get("overhead", {}).get("cpu_per_op") if b["available"] else None
-            text_a = _pct_ci(oa["percent"]) if oa else ("unavailable" if not a["available"] else "-")
-            text_b = _pct_ci(ob["percent"]) if ob else ("unavailable" if not b["available"] else "-")
-            rows.append([label, text_a, oa["verdict"] if oa else "-", text_b, ob["verdict"] if ob else "-"])
-            terminal.append(f"  {label:<40} A {text_a:<28} B {text_b}")
-        answers = [tracepoint_vs_pcap(key, an["workloads"][key])["sentence"] for an in (an_a, an_b)]
-        terminal += [f"  tracepoints beat libpcap? A: {answers[0]}", f"  tracepoints beat libpcap? B: {answers[1]}"]
-        md += [f"## {key}", ""] + _md_table(["cell", "A overhead", "A verdict", "B overhead", "B verdict"], rows)
-        md += ["", f"Do tracepoints beat libpcap? **A**: {answers[0]}. **B**: {answers[1]}.", ""]
-    only = sorted(set(an_a["workloads"]) ^ set(an_b["workloads"]))
+        for label in labels:
+            texts = [_compare_cell(run, an, fid, key, label)
+                     for (_, run), an, fid in zip(runs, analyses, fidelities)]
+            rows.append([label, *texts])
+            terminal.append(f"  {label}")
+            terminal += [f"    {letter}: {text}" for letter, text in zip(letters, texts)]
+        md += [f"## {key}", ""] + _md_table(["cell", *letters], rows)
+        answers = [tracepoint_vs_pcap(key, an["workloads"][key])["sentence"] if key in an["workloads"] else "not run"
+                   for an in analyses]
+        if any("pcap" in label for label in labels):
+            md += ["", "Do tracepoints beat libpcap? " +
+                   " ".join(f"**{letter}**: {answer}." for letter, answer in zip(letters, answers)), ""]
+            terminal += [f"  tracepoints beat libpcap? {letter}: {answer}" for letter, answer in zip(letters, answers)]
+        md.append("")
+    only = [k for k in keys if k not in shared]
     if only:
         md += ["In one run only: " + ", ".join(f"`{k}`" for k in only), ""]
     return "\n".join(md).rstrip() + "\n", terminal

@@ -262,3 +262,23 @@ def test_where_the_kernel_cannot_count_losses_the_counters_that_cannot_miss_give
     assert counted["probable_silent_loss"] is None and counted["lost_reported"] == 0
     write_outputs(tmp_path, _run(_cell("kprobe", [trial])))
     assert "not countable (probably 3 silently" in (tmp_path / "report.md").read_text()
+
+
+def test_compare_takes_one_run_per_kernel_and_says_where_a_backend_cannot_run_or_count():
+    a = _paired_run([0.005] * 5, [0.020] * 5)
+    b = _paired_run([0.010] * 5, [0.020] * 5)
+    c = _paired_run([0.010] * 5, [0.020] * 5)
+    b["run_id"], b["kernel"]["release"] = "r2", "6.1.0"
+    c["run_id"], c["kernel"]["release"] = "r3", "6.12.0"
+    for cell in b["cells"]:  # 6.1: the kernel cannot count skipped runs
+        for trial in cell["trials"]:
+            trial["observed"]["lost"] = None
+    c["cells"].append({**_cell("kprobe", []), "available": False, "availability": "CONFIG_KPROBES is not set"})
+    markdown, lines = compare([("a", a), ("b", b), ("c", c)])
+    assert "**C**: r3 (kernel 6.12.0" in markdown
+    row = next(l for l in markdown.splitlines() if l.startswith("| churn/tracepoint |"))
+    assert row.count("|") == 5 and "+5.0%" in row and "+10.0%" in row
+    assert "loss not countable here" in row.split("|")[3]  # B's cell only
+    kprobe = next(l for l in markdown.splitlines() if l.startswith("| churn/kprobe |"))
+    assert kprobe.split("|")[2:5] == [" not run ", " not run ", " unavailable: CONFIG_KPROBES is not set "]
+    assert any(line.strip().startswith("C: ") for line in lines)
