@@ -24,6 +24,8 @@ PACKAGES=(
   qemu-system-x86 busybox-static  # `tpbench vm`: virtme-ng's qemu, and the static busybox of its initramfs
   linux-image-amd64          # the default second kernel for `tpbench vm` (6.1, kprobes on; its
                              # exact headers are linux-headers-amd64 above)
+  linux-image-6.12-amd64 linux-headers-6.12-amd64  # the third kernel (6.12: after 6.7's miss
+                             # counting, before 6.18), with its exact headers
 )
 
 missing=()
