@@ -109,10 +109,3 @@ def offsets(fields: dict[str, tuple[str, str]]) -> dict[str, int]:
     """{name: (struct, member)} -> {name: byte offset} on the running kernel (BtfError if any is missing)."""
     btf = kernel_btf()
     return {name: btf.member_offset(struct, member) for name, (struct, member) in fields.items()}
-
-
-def has_type(name: str, kind: int) -> bool:
-    try:
-        return kernel_btf().find(name, kind) is not None
-    except BtfError:
-        return False

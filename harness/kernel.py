@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import btf
 from . import headers as headers_module
 from .system import tracefs_mounted
 
@@ -233,7 +234,7 @@ _BPF_MAP_CREATE, _BPF_PROG_LOAD, _BPF_RAW_TRACEPOINT_OPEN = 0, 5, 17
 _BPF_MAP_TYPE_RINGBUF = 27
 _BPF_PROG_TYPE_RAW_TRACEPOINT, _BPF_PROG_TYPE_TRACING = 17, 26
 _BPF_TRACE_RAW_TP, _BPF_TRACE_FENTRY = 23, 24
-_BTF_KIND_TYPEDEF, _BTF_KIND_FUNC = 8, 12
+_BTF_KIND_TYPEDEF, _BTF_KIND_FUNC = btf.KIND_TYPEDEF, btf.KIND_FUNC
 # r0 = 0; exit
 _RETURN_ZERO = bytes.fromhex("b700000000000000" "9500000000000000")
 
@@ -264,22 +265,11 @@ def probe_ringbuf() -> Capability:
 
 
 def _btf_func_id(name: str, kind: int = _BTF_KIND_FUNC) -> int | None:
-    """BTF type id of a kernel function (or another kind), through libbpf (libbpf1 is in the base image)."""
-    path = ctypes.util.find_library("bpf")
-    if not path:
-        return None
-    libbpf = ctypes.CDLL(path)
-    libbpf.btf__load_vmlinux_btf.restype = ctypes.c_void_p
-    libbpf.btf__find_by_name_kind.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32]
-    libbpf.btf__free.argtypes = [ctypes.c_void_p]
-    btf = libbpf.btf__load_vmlinux_btf()
-    if not btf:
-        return None
+    """BTF type id of a kernel function (or another kind): harness/btf.py's vmlinux BTF, loaded once."""
     try:
-        type_id = libbpf.btf__find_by_name_kind(btf, name.encode(), kind)
-        return type_id if type_id > 0 else None
-    finally:
-        libbpf.btf__free(btf)
+        return btf.kernel_btf().find(name, kind)
+    except btf.BtfError:
+        return None
 
 
 def _probe_fentry(btf_present: bool) -> Capability:
@@ -301,17 +291,25 @@ def _probe_fentry(btf_present: bool) -> Capability:
     )
 
 
+def _prog_load(prog_type: int, insns: int, insn_cnt: int, name: str, attach_type: int = 0,
+               btf_id: int = 0, log: ctypes.Array | None = None) -> tuple[int, int]:
+    """One BPF_PROG_LOAD: (fd or -1, errno); the verifier writes into `log` if given."""
+    license_buf = ctypes.create_string_buffer(b"GPL")
+    attr = bytearray(128)
+    struct.pack_into("<II", attr, 0, prog_type, insn_cnt)
+    struct.pack_into("<QQ", attr, 8, insns, ctypes.addressof(license_buf))
+    if log is not None:
+        struct.pack_into("<IIQ", attr, 24, 1, len(log), ctypes.addressof(log))
+    attr[48:64] = name.encode()[:15].ljust(16, b"\0")
+    struct.pack_into("<I", attr, 68, attach_type)
+    struct.pack_into("<I", attr, 108, btf_id)
+    return _bpf(_BPF_PROG_LOAD, bytes(attr))
+
+
 def _load_return_zero(prog_type: int, attach_type: int = 0, attach_btf_id: int = 0) -> tuple[int, int]:
     """BPF_PROG_LOAD of `r0 = 0; exit` as this program type: (fd or -1, errno)."""
-    license_buf = ctypes.create_string_buffer(b"GPL")
     insns = ctypes.create_string_buffer(_RETURN_ZERO, len(_RETURN_ZERO))
-    attr = bytearray(128)
-    struct.pack_into("<II", attr, 0, prog_type, 2)
-    struct.pack_into("<QQ", attr, 8, ctypes.addressof(insns), ctypes.addressof(license_buf))
-    attr[48:64] = b"tpbench_probe".ljust(16, b"\0")
-    struct.pack_into("<I", attr, 68, attach_type)
-    struct.pack_into("<I", attr, 108, attach_btf_id)
-    return _bpf(_BPF_PROG_LOAD, bytes(attr))
+    return _prog_load(prog_type, ctypes.addressof(insns), 2, "tpbench_probe", attach_type, attach_btf_id)
 
 
 def load_tracing(insns: int, size: int, name: str, attach_type: int, btf_id: int) -> int:
@@ -321,16 +319,8 @@ def load_tracing(insns: int, size: int, name: str, attach_type: int, btf_id: int
     prefix; one refusal fails them all) and not as tp_btf at all, so tpbench loads them one by
     one. Returns the fd; OSError with the verifier's last lines when refused.
     """
-    license_buf = ctypes.create_string_buffer(b"GPL")
     log = ctypes.create_string_buffer(1 << 16)
-    attr = bytearray(128)
-    struct.pack_into("<II", attr, 0, _BPF_PROG_TYPE_TRACING, size // 8)
-    struct.pack_into("<QQ", attr, 8, insns, ctypes.addressof(license_buf))
-    struct.pack_into("<IIQ", attr, 24, 1, len(log), ctypes.addressof(log))
-    attr[48:64] = name.encode()[:15].ljust(16, b"\0")
-    struct.pack_into("<I", attr, 68, attach_type)
-    struct.pack_into("<I", attr, 108, btf_id)
-    fd, err = _bpf(_BPF_PROG_LOAD, bytes(attr))
+    fd, err = _prog_load(_BPF_PROG_TYPE_TRACING, insns, size // 8, name, attach_type, btf_id, log)
     if fd < 0:
         lines = [line for line in log.value.decode(errors="replace").splitlines() if line.strip()]
         raise OSError(err, f"{_errno_text(err)}{': ' + ' | '.join(lines[-3:]) if lines else ''}")

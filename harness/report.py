@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import flowmatch, preflight, toggle_stats
-from .analysis import analyse, workload_key
+from .analysis import analyse, cell_label, workload_key
 from .attribution import attribution
 from .benchjson import benchmark_json
 from .errors import UsageError
@@ -666,7 +666,7 @@ def _caveats_section(run: dict[str, Any], analysis: dict[str, Any]) -> list[str]
 
 def _ns_per_event(run: dict[str, Any], key: str, label: str) -> float | None:
     values = [((t.get("observed") or {}).get("details") or {}).get("bpf_stats", {}).get("ns_per_event")
-              for cell in run["cells"] if workload_key(cell) == key and cell.get("label") == label
+              for cell in run["cells"] if workload_key(cell) == key and cell_label(cell) == label
               for t in cell.get("trials", []) if t.get("status") == "ok"]
     values = sorted(v for v in values if v)
     return values[len(values) // 2] if values else None

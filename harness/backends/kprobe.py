@@ -29,6 +29,7 @@ workload, so measure throughput with check=false.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,7 @@ UAPI_OPAQUE = ("bpf_wq", "bpf_list_head", "bpf_list_node", "bpf_rb_root", "bpf_r
                "bpf_task_work", "bpf_res_spin_lock")
 
 
+@functools.lru_cache(maxsize=4)
 def uapi_prelude(headers_path: str | None) -> bytes:
     """Definitions, copied from the headers' own uapi/linux/bpf.h, of the structs bcc's copy lacks."""
     if headers_path is None:

@@ -87,9 +87,11 @@ def test_resets_socketless_and_timewait_rsts_are_read_from_the_segment_as_the_tr
     sent = fidelity["per_kind"]["reset_sent"]
     assert sent["tracepoint_only"] <= details["lost_recursion"], sent
     assert sent["matched"] >= 600 - _witness_misses(fidelity)  # 300 aborts + 300 socketless RSTs
-    nstat = trial["ground_truth"]["nstat"]
+    nstat, unrescued = trial["ground_truth"]["nstat"], details["lost_recursion"]
     for side in ("client", "server"):
-        assert trial["observed"]["sides"][side]["events"]["reset_sent"] == nstat[side]["TcpOutRsts"], side
+        # every RST the kernel counted, unless a counted miss went unrescued
+        seen = trial["observed"]["sides"][side]["events"]["reset_sent"]
+        assert nstat[side]["TcpOutRsts"] - unrescued <= seen <= nstat[side]["TcpOutRsts"], side
 
 
 def test_check_needs_a_flavour_that_reads_fields_itself(tmp_path):
