@@ -27,7 +27,7 @@ from . import counters, flowmatch, preflight
 from .backends import Backend, get_backend
 from .errors import Interrupted, UsageError
 from .headers import find_headers
-from .interrupts import critical
+from .interrupts import check as check_interrupt, critical
 from .kernel import KernelProbe, probe
 from .params import Param, resolve, split_for_plugins
 from .record import RunRecord, new_run_id, utc_now
@@ -294,6 +294,7 @@ def execute(
                 run_groups(toggle, record, run_id, lambda message: say(None, None, message))
                 started = time.monotonic()  # the trials' ETA counts the trials only
             for number, cell in enumerate(warmups, 1):
+                check_interrupt()  # a signal Python dropped mid-trial is delivered here at the latest
                 say(0, len(schedule), f"warm-up {number}/{len(warmups)}: {cell.label}")
                 try:
                     trial = run_trial(cell, run_id)
@@ -304,6 +305,7 @@ def execute(
                 except Exception as exc:
                     record.data["warmup"].append({"cell": cell.label, "status": "failed", "error": str(exc)})
             for done, (cell, index) in enumerate(schedule, 1):
+                check_interrupt()
                 say(done - 1, len(schedule), f"{cell.label} trial {index + 1}/{trials}")
                 try:
                     trial = run_trial(cell, run_id)
@@ -324,12 +326,14 @@ def execute(
                 say(done, len(schedule), f"[{done}/{len(schedule)}] {cell.label} trial {index + 1}: "
                     f"{_trial_line(trial, cell)} (eta {eta:.0f} s)")
         except Interrupted as exc:
-            record.finish("interrupted", str(exc))
+            with critical():  # a second Ctrl-C must not tear this write (nor re-raise: one is unwinding)
+                record.finish("interrupted", str(exc))
             raise
         finally:
             counters.RUN_CPUACCT_USAGE = None
             cgroup.__exit__(None, None, None)
-        record.finish("complete")
+        with critical():
+            record.finish("complete")
     return record
 
 

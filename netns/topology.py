@@ -57,6 +57,34 @@ def enter_netns(name: str) -> None:
         os.close(fd)
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _child(name: str, read_fd: int, write_fd: int, fn: Callable[..., Any], args: tuple, mask: Any) -> None:
+    """Host.run's forked child: enter, compute, report and exit, whatever happens.
+
+    It must never return into the caller's stack: a copy of the runner that unwound from here
+    (its parent interrupted mid-read, so the pipe broke under its write) went on running trials
+    and overwrote run.json. SIGINT and SIGTERM are the default ones: the harness's handlers turn
+    them into an exception, which is the parent's business, not this copy's."""
+    status = 1
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(read_fd)
+        try:
+            enter_netns(name)
+            payload = pickle.dumps((True, fn(*args)))
+        except BaseException as exc:  # noqa: BLE001  (shipped to the parent, re-raised there)
+            payload = pickle.dumps((False, exc))
+        with os.fdopen(write_fd, "wb") as pipe:
+            pipe.write(payload)
+        status = 0
+    finally:
+        os._exit(status)  # also after a broken pipe or an unpicklable exception
+
+
 @dataclass(frozen=True)
 class Host:
     role: str  # "client" | "server"
@@ -74,17 +102,15 @@ class Host:
     def run(self, fn: Callable[..., Any], *args: Any, timeout_s: float = 60.0) -> Any:
         """fn(*args) in a forked child inside this namespace; its result (or exception) comes back."""
         read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: enter, compute, report, never return into the caller's stack
-            os.close(read_fd)
-            try:
-                enter_netns(self.netns)
-                payload = pickle.dumps((True, fn(*args)))
-            except BaseException as exc:  # noqa: BLE001  (shipped to the parent, re-raised there)
-                payload = pickle.dumps((False, exc))
-            with os.fdopen(write_fd, "wb") as pipe:
-                pipe.write(payload)
-            os._exit(0)
+        # SIGINT/SIGTERM wait until fork() is over: a Python handler that raises inside the at-fork
+        # hooks (logging has one) is dropped by Python with a traceback on stderr
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _child(self.netns, read_fd, write_fd, fn, args, blocked)  # never returns
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a signal that came is handled here
         os.close(write_fd)
         with os.fdopen(read_fd, "rb") as pipe:
             data = pipe.read()

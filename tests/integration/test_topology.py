@@ -63,3 +63,50 @@ def test_teardown_survives_an_exception_and_kills_what_runs_inside():
             raise RuntimeError("boom")
     assert sleeper.wait(timeout=5) != 0  # killed by the teardown
     assert leftovers() == before
+
+
+class _Alarm(Exception):
+    pass
+
+
+def _raise_alarm(signum, frame):
+    raise _Alarm()
+
+
+def test_a_host_run_child_never_returns_into_the_callers_stack(tmp_path):
+    """The parent interrupted while it waits: the child's result then meets a closed pipe. The child
+    must exit there; before, it unwound into the caller and a copy of the runner went on running
+    trials (and overwrote run.json) after the interrupted run had exited."""
+    import os
+    import signal
+    import time
+
+    parent, marker = os.getpid(), tmp_path / "escaped"
+    previous = signal.signal(signal.SIGALRM, _raise_alarm)
+    try:
+        with Topology("test") as topo:
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            try:
+                topo.client.run(time.sleep, 0.4)
+            except _Alarm:
+                pass
+            finally:
+                if os.getpid() != parent:  # an escaped child: say so and never run the rest of pytest
+                    marker.write_text(str(os.getpid()))
+                    os._exit(0)
+            time.sleep(0.8)  # the child wakes, writes into the closed pipe, and must exit there
+            assert not marker.exists(), f"child {marker.read_text()} returned into the caller"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_host_run_result_that_cannot_be_shipped_is_an_error_not_a_hang():
+    def unpicklable():
+        exc = ValueError("carries a lambda")
+        exc.hook = lambda: None
+        raise exc
+
+    with Topology("test") as topo:
+        with pytest.raises(RuntimeError, match="died without a result"):
+            topo.client.run(unpicklable)
