@@ -73,31 +73,47 @@ def _raise_alarm(signum, frame):
     raise _Alarm()
 
 
+def _interrupt_parent_then_wait(pid_file, go_file):
+    """In the child: say who it is, interrupt the waiting parent, return once the parent is past it."""
+    import os
+    import signal
+    import time
+
+    pid_file.write_text(str(os.getpid()))
+    os.kill(os.getppid(), signal.SIGALRM)
+    deadline = time.monotonic() + 30
+    while not go_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "late result"
+
+
 def test_a_host_run_child_never_returns_into_the_callers_stack(tmp_path):
     """The parent interrupted while it waits: the child's result then meets a closed pipe. The child
     must exit there; before, it unwound into the caller and a copy of the runner went on running
     trials (and overwrote run.json) after the interrupted run had exited."""
     import os
     import signal
-    import time
 
     parent, marker = os.getpid(), tmp_path / "escaped"
+    pid_file, go_file = tmp_path / "child", tmp_path / "go"
     previous = signal.signal(signal.SIGALRM, _raise_alarm)
     try:
         with Topology("test") as topo:
-            signal.setitimer(signal.ITIMER_REAL, 0.1)
             try:
-                topo.client.run(time.sleep, 0.4)
+                topo.client.run(_interrupt_parent_then_wait, pid_file, go_file)
+                pytest.fail("the child's SIGALRM did not interrupt the parent")
             except _Alarm:
                 pass
             finally:
                 if os.getpid() != parent:  # an escaped child: say so and never run the rest of pytest
                     marker.write_text(str(os.getpid()))
                     os._exit(0)
-            time.sleep(0.8)  # the child wakes, writes into the closed pipe, and must exit there
-            assert not marker.exists(), f"child {marker.read_text()} returned into the caller"
+            go_file.touch()  # the parent has closed its end: the child now writes into a broken pipe
+            child = int(pid_file.read_text())
+            _, status = os.waitpid(child, 0)  # the child is ours: reaped once it has exited
+            assert not marker.exists(), f"child {child} returned into the caller"
+            assert os.waitstatus_to_exitcode(status) == 1, status  # the write failed, and it exited there
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
 
