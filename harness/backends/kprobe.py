@@ -40,7 +40,7 @@ from ..headers import find_headers, header_file
 from ..kernel import KernelProbe, _btf_func_id, attach_by_btf_id, load_fentry, probe_tracepoints, resolve_functions
 from ..params import Param, names_check, parse_names
 from .base import Availability, Observation
-from .tracepoint import BackendError, Program, TracepointBackend, _Session, tracepoint_flags
+from .tracepoint import MISSES_COUNTED_FROM, BackendError, Program, TracepointBackend, _Session, kernel_version, tracepoint_flags
 from .witness import CHECK_SLOTS, FIELD_NAMES, summarize_check, witness_fidelity  # noqa: F401 (re-exported)
 
 SOURCE = Path(__file__).with_name("kprobe.bpf.c")
@@ -255,7 +255,9 @@ class KprobeBackend:
             attached_kinds = {HOOKS[n].kind for n in chosen}
             checked_kinds = {HOOKS[n].kind for n in chosen if HOOKS[n].tracepoint in witnesses}
             observation.details["fidelity"] = witness_fidelity(
-                session, witness_stats, witnesses, attached_kinds, checked_kinds, conditional, reason)
+                session, witness_stats, witnesses, attached_kinds, checked_kinds, conditional, reason,
+                observer_skips_counted=observation.details["lost_recursion"] is not None,
+                witness_skips_counted=kernel_version() >= MISSES_COUNTED_FROM["tp"])  # witnesses: classic tp
 
         return Program(
             source=SOURCE,

@@ -851,7 +851,9 @@ class TracepointBackend:
         def finish(session: "_Session", observation: Observation, witness_stats: dict[str, Any]) -> None:
             observation.details["fidelity"] = witness_fidelity(
                 session, witness_stats, attached if check else [], kinds, kinds, {},
-                "check=false" if not check else "no witness")
+                "check=false" if not check else "no witness",
+                observer_skips_counted=observation.details["lost_recursion"] is not None,
+                witness_skips_counted=kernel_version() >= MISSES_COUNTED_FROM["tp"])  # witnesses: classic tp
 
         return Program(RAW_SOURCE, attached, absent, cflags,
                        details={"flavour": flavour, "offsets": offsets, "rescue": rescue,

@@ -86,13 +86,20 @@ def test_kprobe_in_a_vm_sees_exactly_the_transitions_the_tracepoint_sees_on_chur
         assert missing <= 0.005 * 10 * connections, (backend, missing)
         assert observed["details"]["bpf_stats"]["ns_per_event"] > 0
     # The kprobe's reads agree with the tracepoints' on the same events of the same traffic: every
-    # state change the tracepoint saw in the kprobe's trial, the kprobe saw, field for field.
+    # state change the tracepoint saw in the kprobe's trial, the kprobe saw, field for field. On 6.1
+    # either side may skip a nested run without a count (a CI run: 2 of 2002 state changes and 1 of
+    # 1001 destroys): the check reports those few as probable silent loss, never more than a handful.
     fidelity = trials["kprobe"]["observed"]["details"]["fidelity"]
     assert fidelity["checked"] and fidelity["errors"] == [], fidelity
+    silent = fidelity.get("probable_silent_loss", {})
+    assert ("probable_silent_loss" in fidelity) == (series == "6.1")
+    assert sum(silent.values()) <= 0.005 * 10 * connections, silent
     states = fidelity["per_kind"]["state_change"]
-    assert states["matched"] == trials["kprobe"]["observed"]["events"]["state_change"]
-    assert states["tracepoint_only"] == states["kprobe_only"] == 0 and not states["fields_differing"]
-    assert fidelity["per_kind"]["sock_destroy"]["matched"] == trials["kprobe"]["observed"]["events"]["sock_destroy"]
+    assert states["matched"] == trials["kprobe"]["observed"]["events"]["state_change"] - states["kprobe_only"]
+    assert states["tracepoint_only"] + states["kprobe_only"] == silent.get("state_change", 0)
+    assert not states["fields_differing"]
+    destroys = fidelity["per_kind"]["sock_destroy"]
+    assert destroys["matched"] == trials["kprobe"]["observed"]["events"]["sock_destroy"] - destroys["kprobe_only"]
     # Across the two trials (separate traffic), counts are equal unless a silent drop hit one
     [check] = summary["cross_check"]
     assert check["ns_per_event_ratio"] is not None
