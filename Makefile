@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.setup-done
 # A quick run by default; BENCH_ARGS adds options, e.g. make bench BENCH_ARGS="--trials 5"
 BENCH_ARGS ?=
 
-.PHONY: setup bench benchmarks test test-unit clean
+.PHONY: setup bench benchmarks test test-unit lint clean
 
 setup: $(STAMP)
 
@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml scripts/setup.sh $(wildcard harness/agents/c/*.c)
 bench: $(STAMP)
 	$(VENV)/bin/tpbench bench $(BENCH_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PY) -m pytest tests
+
+# ruff's lint and import-linter's layering contracts (pyproject.toml); part of `make test`
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # pytest-benchmark suite (root): generators against C and iperf3 references; never part of `make test`
 benchmarks: $(STAMP)

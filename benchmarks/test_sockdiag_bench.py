@@ -37,7 +37,7 @@ def test_sockdiag_miss_rate_by_poll_interval_and_connection_lifetime(benchmark, 
 
     records = benchmark.pedantic(sweep, rounds=1, iterations=1)
     table = []
-    for size, record in records.items():
+    for record in records.values():
         for data in record.data["cells"]:
             trials = [t for t in data["trials"] if t["status"] == "ok"]
             assert len(trials) == TRIALS, [t.get("error") for t in data["trials"]]

@@ -61,7 +61,7 @@ def test_tracepoint_modes_cost_and_losses_at_top_churn_rate(benchmark, tmp_path)
             "consumer_max_rss_kib": _median(d.get("consumer_max_rss_kib") for d in details),
         }
     floor = summary["churn/tracepoint-empty"]["ns_per_event"]
-    for label, numbers in summary.items():
+    for numbers in summary.values():
         numbers["ns_per_event_vs_empty"] = round(numbers["ns_per_event"] / floor, 2)
     benchmark.extra_info.update({"connections_per_trial": CONNECTIONS, "trials": TRIALS, "cells": summary})
     print()

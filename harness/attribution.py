@@ -57,7 +57,7 @@ def cell_attribution(cell: dict[str, Any]) -> dict[str, Any] | None:
                 if (side, kind) in rows:
                     rows[(side, kind)]["events_seen"] += int(n)
     out = []
-    for (side, kind), row in sorted(rows.items()):
+    for _key, row in sorted(rows.items()):
         row["share_right"] = row["right"] / row["attributed"] if row["attributed"] else None
         # tracefs keeps only its 50 largest (side, kind, pid) counts: coverage says how much was scored
         row["coverage"] = row["attributed"] / row["events_seen"] if row["events_seen"] else None

@@ -44,7 +44,7 @@ def sweeps(analysis: dict[str, Any], operations: dict[str, str]) -> list[dict[st
             for key, entry in entries:
                 fixed = {k: v for k, v in entry["params"].items() if k != parameter}
                 groups.setdefault(repr(sorted(fixed.items())), []).append((key, entry))
-            for fixed_repr, members in sorted(groups.items()):
+            for _fixed, members in sorted(groups.items()):
                 values = {e["params"].get(parameter) for _, e in members}
                 if len(values) < 3:  # fewer than three points do not show a trend
                     continue

@@ -13,9 +13,13 @@ The profiles trade time for precision; the default fits 10 minutes on a 2-vCPU m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .backends import BACKENDS
 from .runner import Cell, build_cell
+
+if TYPE_CHECKING:
+    from .toggle import Group
 
 # (workload, its parameters for the suite), each about a second of traffic: long enough to average
 # the machine's noise, short enough for five rounds of every cell in the 10-minute budget.
@@ -94,7 +98,7 @@ PROFILES = {
 }
 
 
-def toggle_groups(profile: Profile) -> list["Group"]:
+def toggle_groups(profile: Profile) -> list[Group]:
     from .toggle import Settings, plan_group
 
     if not profile.toggle_scale:

@@ -211,7 +211,10 @@ def compare(costs: list[dict[str, Any]], a: list[str], b: list[str], scale_us: f
     va, vb = _by_cycle(costs, a), _by_cycle(costs, b)
     diffs = [va[c] - vb[c] for c in sorted(set(va) & set(vb))]
     mean, low, high = ESTIMATORS[estimator](diffs)
-    pct = (lambda v: None if v is None or not scale_us else v / scale_us * 100)
+
+    def pct(v: float | None) -> float | None:
+        return None if v is None or not scale_us else v / scale_us * 100
+
     half = None if low is None else pct((high - low) / 2)
     decided = half is not None and half <= decide_pp
     if not decided:

@@ -103,7 +103,7 @@ def observation_from(result: dict[str, Any], details: dict[str, Any], filter_nam
     # see (sock_destroy, probe) is absent, and listed under details["invisible"].
     events: dict[str, int] = dict.fromkeys(VISIBLE_KINDS, 0)
     transitions: dict[str, int] = {}
-    for side, counts in result["sides"].items():
+    for counts in result["sides"].values():
         for kind, n in counts["events"].items():
             assert kind in EVENT_KINDS, kind
             events[kind] = events.get(kind, 0) + n

@@ -47,10 +47,14 @@ def churn_frames(connections: int) -> list:
         port, cs, ss = 40000 + i, 1000 + i, 90000 + i
         c2s = Ether() / IP(src=C, dst=S) / TCP(sport=port, dport=7000)
         s2c = Ether() / IP(src=S, dst=C) / TCP(sport=7000, dport=port)
-        syn = c2s.copy(); syn[TCP].flags, syn[TCP].seq = "S", cs
-        synack = s2c.copy(); synack[TCP].flags, synack[TCP].seq, synack[TCP].ack = "SA", ss, cs + 1
-        sfin = s2c.copy(); sfin[TCP].flags, sfin[TCP].seq, sfin[TCP].ack = "FA", ss + 1, cs + 1
-        cfin = c2s.copy(); cfin[TCP].flags, cfin[TCP].seq, cfin[TCP].ack = "FA", cs + 1, ss + 2
+        syn = c2s.copy()
+        syn[TCP].flags, syn[TCP].seq = "S", cs
+        synack = s2c.copy()
+        synack[TCP].flags, synack[TCP].seq, synack[TCP].ack = "SA", ss, cs + 1
+        sfin = s2c.copy()
+        sfin[TCP].flags, sfin[TCP].seq, sfin[TCP].ack = "FA", ss + 1, cs + 1
+        cfin = c2s.copy()
+        cfin[TCP].flags, cfin[TCP].seq, cfin[TCP].ack = "FA", cs + 1, ss + 2
         frames += [syn, synack, sfin, cfin]
     return frames
 

@@ -156,7 +156,10 @@ def test_attribution_scores_pids_per_side_and_splits_the_softirq_misses():
 
 def _paired_run(tp_extra: list[float], pcap_extra: list[float]):
     base = [0.100, 0.110, 0.090, 0.105, 0.095]
-    mk = lambda backend, extra: _cell(backend, [_trial(i, b + e, _perfect()) for i, (b, e) in enumerate(zip(base, extra))])
+
+    def mk(backend, extra):
+        return _cell(backend, [_trial(i, b + e, _perfect()) for i, (b, e) in enumerate(zip(base, extra))])
+
     return _run(mk("none", [0] * 5), mk("tracepoint", tp_extra), mk("pcap", pcap_extra))
 
 
@@ -218,7 +221,7 @@ def test_compare_sets_two_runs_side_by_side(tmp_path):
     b["run_id"], b["kernel"]["release"] = "r2", "6.1.0"
     markdown, lines = compare([("a", a), ("b", b)])
     assert "kernel 6.18" in markdown and "kernel 6.1.0" in markdown
-    row = next(l for l in markdown.splitlines() if l.startswith("| churn/tracepoint |"))
+    row = next(line for line in markdown.splitlines() if line.startswith("| churn/tracepoint |"))
     assert "+5.0%" in row and "+10.0%" in row  # A's and B's overhead of the same cell
     for d, run in (("ra", a), ("rb", b)):
         write_json_atomic(tmp_path / d / "run.json", run)
@@ -276,9 +279,9 @@ def test_compare_takes_one_run_per_kernel_and_says_where_a_backend_cannot_run_or
     c["cells"].append({**_cell("kprobe", []), "available": False, "availability": "CONFIG_KPROBES is not set"})
     markdown, lines = compare([("a", a), ("b", b), ("c", c)])
     assert "**C**: r3 (kernel 6.12.0" in markdown
-    row = next(l for l in markdown.splitlines() if l.startswith("| churn/tracepoint |"))
+    row = next(line for line in markdown.splitlines() if line.startswith("| churn/tracepoint |"))
     assert row.count("|") == 5 and "+5.0%" in row and "+10.0%" in row
     assert "loss not countable here" in row.split("|")[3]  # B's cell only
-    kprobe = next(l for l in markdown.splitlines() if l.startswith("| churn/kprobe |"))
+    kprobe = next(line for line in markdown.splitlines() if line.startswith("| churn/kprobe |"))
     assert kprobe.split("|")[2:5] == [" not run ", " not run ", " unavailable: CONFIG_KPROBES is not set "]
     assert any(line.strip().startswith("C: ") for line in lines)
