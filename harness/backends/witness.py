@@ -40,7 +40,8 @@ def summarize_check(counts: list[int], unclaimed: dict[str, int], attached_kinds
     (recursion_misses: 6.7+ for kprobe and classic tracepoint programs, the witnesses' type). Before
     that, on 6.1, such a side can skip a run nested with another BPF program without a trace, so a few
     events it missed of a kind the two sides otherwise agree on are reported as probable silent loss
-    (a note, and `probable_silent_loss`), not as a code path it misses.
+    (a note, and `probable_silent_loss`), not as a code path it misses. A kprobe observer is never
+    counted: the kprobe layer drops a re-entered kprobe before BPF runs (nmissed, not read here).
     """
     per_kind: dict[str, Any] = {}
     errors: list[str] = []
@@ -51,8 +52,8 @@ def summarize_check(counts: list[int], unclaimed: dict[str, int], attached_kinds
         if counted or not matched or n > max(SILENT_LOSS_MAX, SILENT_LOSS_SHARE * matched):
             return False
         silent[kind] = silent.get(kind, 0) + n
-        notes.append(f"{kind}: {n} events the {side} missed of {matched + n}, probably lost silently (this kernel "
-                     "skips runs nested with another BPF program without counting them)")
+        notes.append(f"{kind}: {n} events the {side} missed of {matched + n}, probably lost silently (a run skipped "
+                     "where neither the kernel's recursion_misses nor this backend counts it)")
         return True
     for index, kind in enumerate(EVENT_KINDS):
         if kind not in attached_kinds:

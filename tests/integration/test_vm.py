@@ -86,13 +86,14 @@ def test_kprobe_in_a_vm_sees_exactly_the_transitions_the_tracepoint_sees_on_chur
         assert missing <= 0.005 * 10 * connections, (backend, missing)
         assert observed["details"]["bpf_stats"]["ns_per_event"] > 0
     # The kprobe's reads agree with the tracepoints' on the same events of the same traffic: every
-    # state change the tracepoint saw in the kprobe's trial, the kprobe saw, field for field. On 6.1
-    # either side may skip a nested run without a count (a CI run: 2 of 2002 state changes and 1 of
-    # 1001 destroys): the check reports those few as probable silent loss, never more than a handful.
+    # state change the tracepoint saw in the kprobe's trial, the kprobe saw, field for field. A kprobe
+    # hit while another kprobe's handler runs is dropped uncounted by the backend (nmissed; CI runs on
+    # 6.1 and 6.12: 2 of 2002 state changes and 1 of 1001 destroys), as is a classic tracepoint run
+    # nested with a BPF program on 6.1: the check reports those few as probable silent loss.
     fidelity = trials["kprobe"]["observed"]["details"]["fidelity"]
     assert fidelity["checked"] and fidelity["errors"] == [], fidelity
-    silent = fidelity.get("probable_silent_loss", {})
-    assert ("probable_silent_loss" in fidelity) == (series == "6.1")
+    silent = fidelity["probable_silent_loss"]
+    assert "kprobe re-entry misses" in trials["kprobe"]["observed"]["details"]["loss_method"]
     assert sum(silent.values()) <= 0.005 * 10 * connections, silent
     states = fidelity["per_kind"]["state_change"]
     assert states["matched"] == trials["kprobe"]["observed"]["events"]["state_change"] - states["kprobe_only"]
