@@ -141,3 +141,23 @@ def find_headers(
         ),
         bcc_kernel_source=str(target),
     )
+
+
+def header_candidates(release: str | None = None) -> list[KernelHeaders]:
+    """Every tree bcc could compile against here, best first: the exact headers, else each Debian
+    pair newest first. A program that includes kernel headers itself (the bcc tools include
+    net/sock.h) may fail on a newer tree than bcc knows (bcc 0.26's helpers against 6.12's
+    linux/bpf.h), where an older tree compiles: callers try them in order."""
+    first = find_headers(release)
+    if first.kind != "fallback":
+        return [first]
+    out = [first]
+    for version, flavour, common in _debian_pairs(Path("/usr/src"))[1:]:
+        target = CACHE_DIR / "kernel-headers" / version
+        stamp = target / ".tpbench-merged"
+        if not (stamp.exists() and stamp.read_text() == f"{common}\n{flavour}\n"):
+            merge_trees(common, flavour, target)
+        out.append(KernelHeaders(kind="fallback", path=str(target), package_version=version,
+                                 detail=f"fallback: Debian's {version} ({common.name} + {flavour.name} merged)",
+                                 bcc_kernel_source=str(target)))
+    return out

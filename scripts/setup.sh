@@ -14,7 +14,7 @@ PACKAGES=(
   linux-headers-amd64        # headers for bcc's compiler (fallback headers on kernels without their own)
   bpftool                    # independent view of loaded programs (cleanup checks, bpf_stats, the preflight's
                              # search for other tracers on the hooks)
-  bpftrace                   # the tools users compare against; the preflight test's foreign tracer
+  bpftrace bpfcc-tools       # the tools users compare against (the peer backends); the preflight test's foreign tracer
   linux-perf                 # an independent, non-BPF tracer for the tests (perf stat + ftrace filter)
   iptables iproute2 ethtool  # loss workloads, namespaces, offload settings
   tcpdump libpcap0.8         # the libpcap backend's tcpdump consumer and an independent capture

@@ -7,6 +7,7 @@ from .base import Attachment, Availability, Backend, Observation
 from .kprobe import KprobeBackend
 from .none import NoneBackend
 from .pcap import PcapBackend
+from .peers import TOOLS, PeerBackend
 from .sockdiag import SockdiagBackend
 from .tracefs import TracefsBackend
 from .tracepoint import TracepointBackend
@@ -20,6 +21,7 @@ BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
     KprobeBackend(fentry=True),
     TracefsBackend(),
     SockdiagBackend(),
+    *(PeerBackend(tool) for tool in TOOLS),
 )}
 
 

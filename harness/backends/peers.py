@@ -1,0 +1,369 @@
+"""The peers: the tools users actually run, as Debian ships them, measured as black boxes.
+
+    bcc-tcpstates   tcpstates-bpfcc (bpfcc-tools): a line per TCP state change
+    bcc-tcplife     tcplife-bpfcc: a line per closed session (bytes and duration)
+    bcc-tcpretrans  tcpretrans-bpfcc: a line per retransmitted skb
+    bpftrace        a bpftrace one-liner counting inet_sock_set_state by (address, old, new) in a
+                    kernel map, printed once when it exits
+
+Each runs the way a user runs it (`tcpstates-bpfcc > states.log`): no option that is not the
+tool's default, the whole host observed, its output to a file in tmpfs, stopped with SIGINT (Ctrl-C).
+Two things differ from a terminal, both said in the record: Python's stdout is made unbuffered
+(PYTHONUNBUFFERED=1, one write per line, as Python line-buffers a terminal) so that the tool's
+header, which it prints once its programs are attached, can be read as the readiness signal; and
+bcc gets the kernel headers tpbench uses (BCC_KERNEL_SOURCE), the newest tree bcc can compile.
+
+The tool's processes are children of the runner, in the run's cgroup: their CPU (compile
+excepted, which happens before the measured loop) is inside the trial's cost. Their output is
+parsed after the tool has stopped, into the same Observation as every backend (per side by local
+address: 198.18.0.1 client, 198.18.0.2 server; sockets of other addresses are counted as foreign
+and left out). Loss is what the tool says ("Possibly lost N samples" from bcc's perf reader) plus
+what the kernel counted for the tool's programs (recursion_misses in their fdinfo, 6.7+): before
+6.7 the kernel cannot count skipped classic-tracepoint runs and `lost` is null.
+
+They observe the whole host, so they are only measured when nothing else runs (the preflight
+refuses a busy host); they have no `prepare`, so the toggled measurement (which switches an
+observer on and off under one workload, harness/toggle.py) does not take them: a bcc tool compiles
+for 1-3 s at each start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from netns import Topology
+
+from ..flowmatch import STATE_NAMES
+from ..headers import KernelHeaders, header_candidates
+from ..kernel import KernelProbe
+from ..params import Param
+from ..system import die_with_runner
+from .base import SIDES, Availability, Observation
+from .processes import kill, process_cpu_s, reap
+from .tracepoint import MISSES_COUNTED_FROM, BackendError, kernel_version
+
+START_TIMEOUT_S = 120.0  # a bcc compile under emulation (the VMs) takes tens of seconds
+DRAIN_QUIET_S = 0.3  # output unchanged this long after the workload: the tool has printed what it had
+DRAIN_MAX_S = 60.0
+STOP_TIMEOUT_S = 30.0
+LOST_LINE = re.compile(r"Possibly lost (\d+) samples")
+COMPILE_ERROR = re.compile(r"error: |Failed to compile BPF module")
+STATE_HOOK = "tracepoint:sock:inet_sock_set_state"
+BPFTRACE_PROGRAM = (
+    "tracepoint:sock:inet_sock_set_state /args->protocol == 6/ "
+    "{ @states[ntop(args->family, args->saddr), args->oldstate, args->newstate] = count(); } "
+    # readiness: the interval probe is attached after the tracepoint (program order)
+    "interval:ms:100 /@ready == 0/ { @ready = 1; printf(\"ready\\n\"); }"
+)
+_working_headers: dict[str, KernelHeaders] = {}  # tool -> the tree it compiled against (this process)
+
+
+@dataclass
+class Parsed:
+    """One tool's output, per side; `foreign` rows belong to sockets of no topology host."""
+
+    events: dict[str, dict[str, int]] = field(default_factory=lambda: {side: {} for side in SIDES})
+    transitions: dict[str, dict[str, int]] = field(default_factory=lambda: {side: {} for side in SIDES})
+    rows: int = 0
+    foreign: int = 0
+    unparsed: list[str] = field(default_factory=list)  # the first few lines no rule matched
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, side: str | None, kind: str, transition: str | None = None, n: int = 1) -> None:
+        if side is None:
+            self.foreign += n
+            return
+        self.events[side][kind] = self.events[side].get(kind, 0) + n
+        if transition:
+            self.transitions[side][transition] = self.transitions[side].get(transition, 0) + n
+
+    def skip(self, line: str) -> None:
+        if len(self.unparsed) < 5:
+            self.unparsed.append(line[:200])
+
+
+def _tcpstates(lines: list[str], sides: dict[str, str]) -> Parsed:
+    """SKADDR C-PID C-COMM LADDR LPORT RADDR RPORT OLDSTATE -> NEWSTATE MS (COMM may hold spaces:
+    read from the right)."""
+    out = Parsed()
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 10 or parts[-3] != "->" or parts[0] == "SKADDR":
+            if line.strip() and not line.startswith("SKADDR"):
+                out.skip(line)
+            continue
+        out.rows += 1
+        out.add(sides.get(parts[-8]), "state_change", f"{parts[-4]}->{parts[-2]}")
+    return out
+
+
+def _tcplife(lines: list[str], sides: dict[str, str]) -> Parsed:
+    """PID COMM LADDR LPORT RADDR RPORT TX_KB RX_KB MS: one row per session that ended (it reached
+    CLOSE), for sockets whose start tcplife saw. TX_KB/RX_KB are read from struct tcp_sock at the
+    headers' offsets: a value beyond what the workload could send is counted as implausible."""
+    out = Parsed()
+    implausible = 0
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 9 or parts[0] == "PID" or not parts[-3].isdigit():
+            if line.strip() and not line.startswith("PID"):
+                out.skip(line)
+            continue
+        out.rows += 1
+        out.add(sides.get(parts[-7]), "session")
+        if max(int(parts[-3]), int(parts[-2])) > 1 << 30:  # over a TiB per session
+            implausible += 1
+    out.extra["implausible_byte_counts"] = implausible
+    return out
+
+
+def _tcpretrans(lines: list[str], sides: dict[str, str]) -> Parsed:
+    """TIME PID IP LADDR:LPORT T> RADDR:RPORT STATE; T is R (retransmit) or L (tail loss probe, -l)."""
+    out = Parsed()
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 7 or not parts[4].endswith(">") or parts[0] == "TIME":
+            if line.strip() and not line.startswith(("TIME", "Tracing")):
+                out.skip(line)
+            continue
+        out.rows += 1
+        kind = "retransmit" if parts[4] == "R>" else "tail_loss_probe"
+        out.add(sides.get(parts[3].rsplit(":", 1)[0]), kind)
+    return out
+
+
+_BPFTRACE_ROW = re.compile(r"@states\[([0-9.:a-f]+), (\d+), (\d+)\]: (\d+)")
+
+
+def _bpftrace(lines: list[str], sides: dict[str, str]) -> Parsed:
+    """@states[ADDRESS, OLD, NEW]: COUNT, printed at exit (the map, read once)."""
+    out = Parsed()
+    for line in lines:
+        match = _BPFTRACE_ROW.fullmatch(line.strip())
+        if not match:
+            if line.strip() and not line.startswith(("Attaching", "ready", "@ready")):
+                out.skip(line)
+            continue
+        address, old, new, count = match.groups()
+        out.rows += 1
+        transition = f"{STATE_NAMES.get(int(old), old)}->{STATE_NAMES.get(int(new), new)}"
+        out.add(sides.get(address), "state_change", transition, int(count))
+    return out
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    package: str
+    argv: tuple[str, ...]
+    bcc: bool  # a bcc tool: Python, compiled at start against kernel headers
+    ready: Callable[[str], bool]  # the output line that says the programs are attached
+    parse: Callable[[list[str], dict[str, str]], Parsed]
+    description: str
+    hooks: tuple[str, ...]
+    invisible: dict[str, str]
+
+
+_NO_EVENTS = "the tool does not trace it"
+TOOLS = {tool.name: tool for tool in (
+    Tool("bcc-tcpstates", "bpfcc-tools", ("tcpstates-bpfcc",), True, lambda line: line.startswith("SKADDR"),
+         _tcpstates, "bcc's tcpstates-bpfcc as Debian ships it: a printed line per state change (Python perf-buffer "
+         "callbacks)", (STATE_HOOK,),
+         {"retransmit, synack_retransmit, reset_sent, reset_received, sock_destroy, probe": _NO_EVENTS}),
+    Tool("bcc-tcplife", "bpfcc-tools", ("tcplife-bpfcc",), True, lambda line: line.startswith("PID"),
+         _tcplife, "bcc's tcplife-bpfcc: a line per closed session, counted in the kernel by state changes",
+         (STATE_HOOK,),
+         {"state_change": "only a session's end (one line per session) is printed, not its transitions",
+          "retransmit, synack_retransmit, reset_sent, reset_received, sock_destroy, probe": _NO_EVENTS}),
+    Tool("bcc-tcpretrans", "bpfcc-tools", ("tcpretrans-bpfcc",), True, lambda line: line.startswith("TIME"),
+         _tcpretrans, "bcc's tcpretrans-bpfcc: a line per retransmitted skb", ("tracepoint:tcp:tcp_retransmit_skb",),
+         {"state_change, synack_retransmit, reset_sent, reset_received, sock_destroy, probe": _NO_EVENTS}),
+    Tool("bpftrace", "bpftrace", ("bpftrace", "-e", BPFTRACE_PROGRAM), False, lambda line: line.strip() == "ready",
+         _bpftrace, "a bpftrace one-liner counting inet_sock_set_state by (address, old, new) in a kernel map, "
+         "printed at exit", (STATE_HOOK,),
+         {"retransmit, synack_retransmit, reset_sent, reset_received, sock_destroy, probe": _NO_EVENTS}),
+)}
+
+
+def _prog_stats(pid: int) -> dict[str, int]:
+    """run_cnt (with bpf_stats on), run_time_ns and recursion_misses of the BPF programs the
+    process holds, from its fds' fdinfo (a prog fd's fdinfo carries them)."""
+    totals = {"programs": 0, "run_cnt": 0, "run_time_ns": 0, "recursion_misses": 0}
+    fd_dir = Path(f"/proc/{pid}/fdinfo")
+    try:
+        entries = list(fd_dir.iterdir())
+    except OSError:
+        return totals
+    for entry in entries:
+        try:
+            text = entry.read_text()
+        except OSError:
+            continue
+        if "prog_id:" not in text:
+            continue
+        totals["programs"] += 1
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key in ("run_cnt", "run_time_ns", "recursion_misses"):
+                totals[key] += int(value.strip() or 0)
+    return totals
+
+
+class _PeerRun:
+    def __init__(self, tool: Tool, topology: Topology, params: dict[str, Any]):
+        self.tool = tool
+        self.sides = {host.address: host.role for host in topology.hosts}
+        self.process: subprocess.Popen | None = None
+        self.directory = Path(tempfile.mkdtemp(prefix=f"tpbench-{tool.name}-",
+                                               dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+        self.headers: KernelHeaders | None = None
+        self.tries: list[str] = []
+        try:
+            started = time.monotonic()
+            self._start()
+            self.start_s = round(time.monotonic() - started, 3)
+            self.startup_cpu_s = process_cpu_s(self.process.pid)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
+        tool = self.tool
+        candidates: list[KernelHeaders | None] = [None]
+        if tool.bcc:
+            candidates = ([_working_headers[tool.name]] if tool.name in _working_headers
+                          else header_candidates())
+        for i, headers in enumerate(candidates):
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            if headers is not None:
+                env.update(headers.environment())
+            self.stdout = self.directory / "stdout"
+            self.stderr = self.directory / "stderr"
+            with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
+                self.process = subprocess.Popen(list(tool.argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                                env=env, start_new_session=True, preexec_fn=die_with_runner)
+            failure = self._wait_ready()
+            if failure is None:
+                self.headers = headers
+                if headers is not None:
+                    _working_headers[tool.name] = headers
+                return
+            self.tries.append(f"{headers.package_version if headers else 'default'}: {failure}")
+            kill(self.process)
+            last = i == len(candidates) - 1
+            if last or not COMPILE_ERROR.search(self.stderr.read_text(errors="replace")):
+                raise BackendError(f"{tool.name}: {failure}")
+
+    def _wait_ready(self) -> str | None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            text = self.stdout.read_text(errors="replace")
+            if any(self.tool.ready(line) for line in text.splitlines()):
+                return None
+            if self.process.poll() is not None:
+                errors = [line for line in self.stderr.read_text(errors="replace").splitlines() if line.strip()]
+                first = next((line for line in errors if COMPILE_ERROR.search(line)), errors[-1] if errors else "")
+                return f"exited ({self.process.returncode}) before it was ready: {first.strip() or 'no output'}"
+            time.sleep(0.02)
+        return f"not ready within {START_TIMEOUT_S:.0f} s (no header in its output)"
+
+    def _drain(self) -> float:
+        """Wait until the tool's output stops growing: it has printed what its buffers held."""
+        started = time.monotonic()
+        size, since = -1, started
+        while time.monotonic() - started < DRAIN_MAX_S:
+            now_size = self.stdout.stat().st_size
+            if now_size != size:
+                size, since = now_size, time.monotonic()
+            elif time.monotonic() - since >= DRAIN_QUIET_S:
+                break
+            time.sleep(0.02)
+        return round(time.monotonic() - started, 3)
+
+    def detach(self) -> Observation:
+        try:
+            drain_s = self._drain()
+            stats = _prog_stats(self.process.pid)
+            self.process.send_signal(signal.SIGINT)  # Ctrl-C: bpftrace prints its maps, bcc tools exit
+            try:
+                cpu = reap(self.process, STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise BackendError(f"{self.tool.name} did not exit within {STOP_TIMEOUT_S:.0f} s of SIGINT") from None
+            lines = self.stdout.read_text(errors="replace").splitlines()
+            stderr = self.stderr.read_text(errors="replace")
+        finally:
+            self.close()
+        parsed = self.tool.parse(lines, self.sides)
+        reported = sum(int(n) for n in LOST_LINE.findall(stderr))
+        counted = kernel_version() >= MISSES_COUNTED_FROM["tp"]  # classic tracepoint programs
+        observation = Observation()
+        for side in SIDES:
+            observation.sides[side] = {"events": dict(sorted(parsed.events[side].items())),
+                                       "transitions": dict(sorted(parsed.transitions[side].items()))}
+            for kind, n in parsed.events[side].items():
+                observation.events[kind] = observation.events.get(kind, 0) + n
+            for name, n in parsed.transitions[side].items():
+                observation.transitions[name] = observation.transitions.get(name, 0) + n
+        observation.lost = reported + stats["recursion_misses"] if counted else None
+        errors = [line for line in stderr.splitlines() if line.strip() and not LOST_LINE.search(line)]
+        observation.details = {
+            "tool": " ".join(self.tool.argv[:1]), "package": self.tool.package, "scope": "whole host",
+            "argv": list(self.tool.argv),
+            "environment": {"PYTHONUNBUFFERED": "1", **(self.headers.environment() if self.headers else {})},
+            "headers": self.headers.package_version if self.headers else None,
+            "header_tries": self.tries,
+            "start_s": self.start_s, "startup_cpu_s": self.startup_cpu_s, "drain_s": drain_s,
+            "tool_cpu_s": cpu, "rows": parsed.rows, "foreign_rows": parsed.foreign,
+            "unparsed": parsed.unparsed, **parsed.extra,
+            "lost_reported_by_tool": reported, "programs": stats,
+            "lost_recursion": stats["recursion_misses"] if counted else None,
+            "loss_method": ("the tool's own 'Possibly lost N samples' lines (bcc's perf reader) plus the kernel's "
+                            "recursion_misses of the tool's programs (read from its fds before SIGINT)"
+                            + ("" if counted else "; before 6.7 the kernel does not count skipped classic "
+                               "tracepoint runs, so lost is null")),
+            "stderr_tail": errors[-5:],
+            "invisible": self.tool.invisible,
+        }
+        return observation
+
+    def close(self) -> None:
+        kill(self.process)
+        self.process = None
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class PeerBackend:
+    """One of TOOLS as a backend."""
+
+    params: tuple[Param, ...] = ()
+
+    def __init__(self, tool: str):
+        self.tool = TOOLS[tool]
+        self.name = self.tool.name
+        self.description = self.tool.description + " (whole host; measured alone)"
+        self.hooks = self.tool.hooks
+
+    def availability(self, probe: KernelProbe, params: dict[str, Any] | None = None) -> Availability:
+        binary = self.tool.argv[0]
+        if shutil.which(binary) is None:
+            return Availability(False, f"{binary} not installed (Debian package {self.tool.package}: make setup)",
+                                (binary,))
+        missing = tuple(hook for hook in self.hooks if hook in probe.capabilities and not probe.available(hook))
+        if missing:
+            return Availability(False, f"{missing[0]}: {probe[missing[0]].reason}", missing)
+        if self.tool.bcc and not probe.available("bcc"):
+            reason = probe["bcc"].reason if "bcc" in probe.capabilities else "bcc is not importable"
+            return Availability(False, f"bcc: {reason}", ("bcc",))
+        return Availability(True, f"{binary} ({self.tool.package}), whole host")
+
+    def attach(self, topology: Topology, params: dict[str, Any]) -> _PeerRun:
+        return _PeerRun(self.tool, topology, params)
