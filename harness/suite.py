@@ -12,6 +12,7 @@ The profiles trade time for precision; the default fits 10 minutes on a 2-vCPU m
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -56,13 +57,24 @@ TOGGLED: tuple[tuple[str, dict[str, str], float, str], ...] = (
     ("rr", {}, 120.0, "mean"),
     ("stream", {}, 120.0, "mean"),
 )
-# The arms, level-matched (toggle_stats.level_of): `state` is what tcpstates/tcplife need against
-# a SYN/FIN/RST capture; `full`, every hook including per-segment tcp_probe against every header.
-# Consumers matched too: the tracepoint backend's C ring-buffer consumer against libpcap in C.
-TOGGLED_ARMS = {
-    "state": (("tracepoint", {"hooks": "state+destroy"}), ("pcap", {"filter": "state", "consumer": "c"})),
-    "full": (("tracepoint", {"hooks": "all"}), ("pcap", {"filter": "full", "consumer": "c"})),
+# The arms, matched in level and consumer (toggle_stats.level_of, consumer_of): `state` is what
+# tcpstates/tcplife need against a SYN/FIN/RST capture; `full`, every hook including per-segment
+# tcp_probe against every header. `c`: the tracepoint backend's libbpf ring-buffer consumer against
+# libpcap in C (pcap_consumer.c), both decoding as they read; `python`: a Python callback per ring
+# record (agents/ringbuf_py_consumer.py, bcc's RingBuf path) against pcapy-ng's per-packet callback.
+TOGGLED_ARMS: dict[tuple[str, str], tuple[tuple[str, dict[str, str]], ...]] = {
+    ("state", "c"): (("tracepoint", {"hooks": "state+destroy"}), ("pcap", {"filter": "state", "consumer": "c"})),
+    ("full", "c"): (("tracepoint", {"hooks": "all"}), ("pcap", {"filter": "full", "consumer": "c"})),
+    ("state", "python"): (("tracepoint", {"hooks": "state+destroy", "consumer": "python"}),
+                          ("pcap", {"filter": "state", "consumer": "python"})),
+    ("full", "python"): (("tracepoint", {"hooks": "all", "consumer": "python"}),
+                         ("pcap", {"filter": "full", "consumer": "python"})),
 }
+# Per profile, the pairings measured on churn (the state-change workload the question is about)
+# and on the others: every arm more in a group is a window more per cycle, fewer cycles in its cap.
+DEFAULT_PAIRINGS = {"churn": (("state", "c"), ("full", "c"), ("state", "python")), "*": (("state", "c"),)}
+THOROUGH_PAIRINGS = {"churn": tuple(TOGGLED_ARMS), "*": (("state", "c"), ("full", "c"))}
+QUICK_PAIRINGS = {"*": (("state", "c"),)}
 # Fidelity trials beside the toggled measurement: short, one round each.
 FIDELITY_WORKLOADS: tuple[tuple[str, dict[str, str]], ...] = (
     ("churn", {"connections": "10000"}),
@@ -81,18 +93,19 @@ class Profile:
     description: str
     suite: bool = True  # the trial suite (every workload x backend); False: the sweeps alone
     toggle_scale: float = 0.0  # the toggled workloads' time caps times this (0: no toggling)
-    levels: tuple[str, ...] = ("state",)
+    pairings: dict[str, tuple[tuple[str, str], ...]] = dataclasses.field(default_factory=lambda: DEFAULT_PAIRINGS)
     fidelity_only: bool = False  # the trial suite as short fidelity trials (FIDELITY_WORKLOADS)
 
 
 PROFILES = {
     "quick": Profile("quick", 1, 0, False, "toggled churn for up to 40 s, one round of fidelity trials: a smoke run",
-                     toggle_scale=1 / 6, fidelity_only=True),
+                     toggle_scale=1 / 6, fidelity_only=True, pairings=QUICK_PAIRINGS),
     "default": Profile("default", 1, 0, False, "toggled overhead (churn up to 270 s, rr and stream up to 120 s plus what churn leaves), "
                        "then one round of short fidelity trials: what `make bench` runs (~10 minutes)",
                        toggle_scale=1.0, fidelity_only=True),
-    "thorough": Profile("thorough", 10, 1, True, "toggled overhead at both levels with doubled caps, 10 rounds of "
-                        "trials, the churn-rate and stream-size sweeps", toggle_scale=2.0, levels=("state", "full")),
+    "thorough": Profile("thorough", 10, 1, True, "toggled overhead at both levels and both consumers with doubled "
+                        "caps, 10 rounds of trials (the peers included), the churn-rate and stream-size sweeps",
+                        toggle_scale=2.0, pairings=THOROUGH_PAIRINGS),
     "sweeps": Profile("sweeps", 5, 1, True, "the churn-rate and stream-size sweeps alone, 5 rounds",
                       suite=False),
 }
@@ -103,11 +116,12 @@ def toggle_groups(profile: Profile) -> list[Group]:
 
     if not profile.toggle_scale:
         return []
-    observers = [arm for level in profile.levels for arm in TOGGLED_ARMS[level]]
     groups = []
     for workload, params, cap_s, estimator in TOGGLED:
         if profile.name == "quick" and workload != "churn":
             continue
+        pairings = profile.pairings.get(workload, profile.pairings["*"])
+        observers = [arm for pairing in pairings for arm in TOGGLED_ARMS[pairing]]
         groups.append(plan_group(workload, params, observers,
                                  Settings(max_s=cap_s * profile.toggle_scale, estimator=estimator)))
     return groups

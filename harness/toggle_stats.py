@@ -232,13 +232,16 @@ def compare(costs: list[dict[str, Any]], a: list[str], b: list[str], scale_us: f
 
 
 def headline_pairs(arms: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Tracepoint against pcap at the same level; any tracepoint x pcap pair if no level matches;
-    each observer against the baseline if the group has no such pair."""
+    """Tracepoint against pcap at the same level and with the same kind of consumer (c with c,
+    python with python); at the same level if no consumer matches; any tracepoint x pcap pair if
+    no level matches either. Empty if the group has no tracepoint and pcap arms."""
     observers = [a for a in arms if a["role"] == "observer"]
     tps = [a for a in observers if a["backend"] == "tracepoint"]
     pcaps = [a for a in observers if a["backend"] == "pcap"]
-    pairs = [(t, p) for t in tps for p in pcaps if t["level"] == p["level"]]
-    return pairs or [(t, p) for t in tps for p in pcaps]
+    matched = [(t, p) for t in tps for p in pcaps
+               if t["level"] == p["level"] and t.get("consumer") == p.get("consumer")]
+    levelled = [(t, p) for t in tps for p in pcaps if t["level"] == p["level"]]
+    return matched or levelled or [(t, p) for t in tps for p in pcaps]
 
 
 def analyse_group(entry: dict[str, Any], decide_pp: float = DECIDE_PP) -> dict[str, Any]:

@@ -37,6 +37,7 @@ import os
 import re
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -373,6 +374,46 @@ class _CConsumer:
             self.process.communicate()
 
 
+class _PyProcessConsumer:
+    """agents/ringbuf_py_consumer.py: libbpf's ring_buffer__poll calling a Python function per record
+    (the path bcc's RingBuf takes), in a process of its own. Used by the toggled measurement, which
+    must attribute the consumer's CPU and wait for its backlog at each switch-off."""
+
+    name = "python"
+
+    def __init__(self, bpf: Any):
+        fd = bpf["events"].map_fd
+        self.process = subprocess.Popen([sys.executable, "-m", "harness.agents.ringbuf_py_consumer", str(fd)],
+                                        pass_fds=(fd,), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, preexec_fn=die_with_runner)
+        if not self.process.stdout.readline():
+            error = self.process.stderr.read().strip()
+            self.process.wait()
+            raise BackendError(f"the Python consumer did not start: {error}")
+
+    def drain(self) -> None:
+        self.process.stdin.write("drain\n")
+        self.process.stdin.flush()
+        if not self.process.stdout.readline():
+            raise BackendError(f"the Python consumer stopped: {self.process.stderr.read().strip()}")
+
+    def stop(self) -> dict[str, Any]:
+        out, err = self.process.communicate(timeout=60)
+        if self.process.returncode != 0:
+            raise BackendError(f"the Python consumer failed ({self.process.returncode}): {err.strip()}")
+        report = json.loads(out.strip().splitlines()[-1])
+        counts, attribution = Counter(), Counter()
+        for key, n in report["keys"].items():
+            _count_key(counts, attribution, bytes.fromhex(key), n)
+        return {"counts": counts, "attribution": attribution, "cpu_s": report["cpu_s"], "lost_callback": 0,
+                "max_rss_kib": report["max_rss_kib"]}
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
+
+
 @dataclass
 class Program:
     """What a bcc backend hands the shared session: its BPF source, hooks and flags.
@@ -407,8 +448,9 @@ def tracepoint_flags(tracepoints: list[str], caps: dict[str, Any], headers_path:
 class _Session:
     """One attachment: programs loaded and attached, consumer running, bpf_stats on."""
 
-    def __init__(self, backend: Any, topology: Topology, params: dict[str, Any]):
+    def __init__(self, backend: Any, topology: Topology, params: dict[str, Any], python_process: bool = False):
         self.backend = backend
+        self.python_process = python_process  # consumer=python in its own process (the toggled measurement)
         self.topology = topology
         self.empty = backend.empty
         self.mode = "empty" if backend.empty else params["mode"]
@@ -476,6 +518,8 @@ class _Session:
         self.perf_pages_per_cpu = _pow2_at_least(max(1, self.buffer_bytes // 4096 // (os.cpu_count() or 1)))
         if self.consumer_kind == "c":
             self.consumer = _CConsumer(self.bpf)
+        elif self.python_process and self.transport == "ringbuf":
+            self.consumer = _PyProcessConsumer(self.bpf)
         else:
             self.consumer = _PythonConsumer(self.bpf, self.transport, self.perf_pages_per_cpu, self.wakeup_batch)
 
@@ -669,7 +713,7 @@ class _TracepointSwitch:
     recursion misses (6.7+) plus ring-buffer reserve failures."""
 
     def __init__(self, backend: "TracepointBackend", topology: Topology, params: dict[str, Any]):
-        self.session = _Session(backend, topology, params)
+        self.session = _Session(backend, topology, params, python_process=True)
         self.flavour = self.session.program.details.get("flavour", "tp")
         self.misses_counted = kernel_version() >= MISSES_COUNTED_FROM.get(self.flavour, (6, 7))
         try:
@@ -722,6 +766,8 @@ class _TracepointSwitch:
 
     def off(self) -> dict[str, Any]:
         self._links_off()
+        if isinstance(self.session.consumer, _PyProcessConsumer):
+            self.session.consumer.drain()  # its backlog is this arm's work, not the next window's
         totals = self._totals()
         delta = {key: totals[key] - self.totals[key] for key in totals}
         self.totals = totals
@@ -736,7 +782,7 @@ class _TracepointSwitch:
 
     def tasks(self) -> list[int]:
         consumer = self.session.consumer
-        return [consumer.process.pid] if isinstance(consumer, _CConsumer) else []
+        return [consumer.process.pid] if isinstance(consumer, (_CConsumer, _PyProcessConsumer)) else []
 
     def close(self) -> dict[str, Any]:
         observation = self.session.detach()
@@ -867,8 +913,9 @@ class TracepointBackend:
         if params.get("check"):
             raise UsageError("tracepoint: the toggled measurement needs check=false: the witnesses' cost "
                              "would be counted as the observer's")
-        if not self.empty and params["mode"] == "stream" and params["consumer"] == "python":
-            # bcc's callbacks run in a thread of this process, whose CPU cannot be told apart here
-            raise UsageError("tracepoint: the toggled measurement needs consumer=c (or auto) or mode=aggregate: "
-                             "the Python consumer runs inside tpbench, where its CPU cannot be attributed")
+        if not self.empty and params["mode"] == "stream" and params["consumer"] == "python" \
+                and params["transport"] == "perf":
+            # bcc's perf-buffer callbacks run in a thread of this process, whose CPU cannot be told apart
+            raise UsageError("tracepoint: the toggled measurement's Python consumer reads a ring buffer in its own "
+                             "process: use transport=ringbuf (or auto) with consumer=python")
         return _TracepointSwitch(self, topology, params)

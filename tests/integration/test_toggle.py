@@ -71,3 +71,27 @@ def test_a_backend_that_cannot_switch_is_one_line_and_exit_2(tmp_path):
     assert result.stderr.count("\n") == 1 and "cannot be switched" in result.stderr, result.stderr
     result = tpbench("toggle", "-b", "tracepoint", "-w", "resets", "-o", str(tmp_path))
     assert result.returncode == 2 and "no live mode" in result.stderr, result.stderr
+
+
+def test_python_consumers_are_toggled_in_processes_of_their_own_and_paired_with_each_other(tmp_path):
+    result = tpbench("toggle", "-b", "tracepoint,pcap", "-w", "churn", "-p",
+                     "tracepoint.hooks=state+destroy,tracepoint.consumer=python,pcap.consumer=python",
+                     "--window", "0.5", "--settle", "0.1", "--min-cycles", "3", "--max-s", "6", "-o",
+                     str(tmp_path), "--json", timeout=240)
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / json.loads(result.stdout)["run_id"]
+    (entry,) = load_run(run_dir)["toggle"]
+    assert entry["status"] == "complete", entry.get("error")
+    label = "tracepoint[hooks=state+destroy,consumer=python]"
+    windows = [w for w in entry["windows"] if w["arm"] == label]
+    # the consumer is a process of its own, charged to its arm, and it was busy in its windows
+    assert min(w["end"]["tasks"][label] - w["start"]["tasks"][label] for w in windows) > 0
+    for w in windows:
+        assert w["off"]["runs_while_off"] == 0
+        assert w["off"]["events"] >= 10 * (w["end"]["ops"] - w["start"]["ops"])
+    details = entry["arm_details"][label]
+    assert details["consumer"] == "python"
+    # every event the programs emitted reached the Python consumer (nothing left in the ring)
+    assert details["events"] + (details["lost"] or 0) >= sum(w["off"]["events"] for w in windows)
+    (headline,) = json.loads((run_dir / "analysis.json").read_text())["headline"]
+    assert (headline["level"], headline["consumer"]) == ("state", "python")

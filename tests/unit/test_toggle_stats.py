@@ -126,6 +126,15 @@ def test_levels_pair_like_with_like():
             {"label": "pc-f", "backend": "pcap", "role": "observer", "level": "full"}]
     pairs = [(a["label"], b["label"]) for a, b in toggle_stats.headline_pairs(arms)]
     assert pairs == [("tp-s", "pc-s"), ("tp-f", "pc-f")]
+    for arm in arms:
+        arm["consumer"] = "c"
+    arms += [{"label": "tp-s-py", "backend": "tracepoint", "role": "observer", "level": "state", "consumer": "python"},
+             {"label": "pc-s-py", "backend": "pcap", "role": "observer", "level": "state", "consumer": "python"}]
+    pairs = [(a["label"], b["label"]) for a, b in toggle_stats.headline_pairs(arms)]
+    assert pairs == [("tp-s", "pc-s"), ("tp-f", "pc-f"), ("tp-s-py", "pc-s-py")]  # never C against Python
+    assert toggle_stats.consumer_of("tracepoint", {"consumer": "python"}) == "python"
+    assert toggle_stats.consumer_of("tracepoint", {"consumer": "auto"}) == "c"
+    assert toggle_stats.consumer_of("pcap", {"consumer": "python"}) == "python"
 
 
 def _stalling(rng: random.Random, cycles: int, true_pct: float) -> dict:
