@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import flowmatch, preflight, toggle_stats
+from . import flowmatch, headline, preflight, toggle_stats
 from .analysis import analyse, cell_label, workload_key
 from .attribution import attribution
 from .benchjson import benchmark_json
@@ -52,6 +52,7 @@ def full_analysis(run: dict[str, Any]) -> dict[str, Any]:
     toggled = toggle_stats.analyse(run, result["decide_pp"])
     result["toggle"] = {"method": toggled["method"], "groups": toggled["groups"]}
     result["headline"], result["aa"] = toggled["headline"], toggled["aa"]
+    result["matrix"] = headline.matrix(result)
     return result
 
 
@@ -220,7 +221,10 @@ def print_verdict(run: dict[str, Any], analysis: dict[str, Any], out: TextIO) ->
         print(preflight.summary(run["preflight"]), file=out)
     if analysis.get("toggle", {}).get("groups"):
         print(f"run {run['run_id']} ({run['status']}), kernel {run['kernel']['release']}: "
-              "do tracepoints beat libpcap here? CPU per operation, toggled", file=out)
+              "do tracepoints beat libpcap here?", file=out)
+        for line in headline.lines(analysis):
+            print(line, file=out)
+        print("\nthe toggled measurement in detail:", file=out)
         for line in toggle_lines(analysis):
             print(line, file=out)
         if not run["cells"]:
@@ -316,6 +320,7 @@ def _pct_ci(pct: dict[str, Any] | None) -> str:
 def render_markdown(run: dict[str, Any], analysis: dict[str, Any], plots: dict[str, str]) -> str:
     out: list[str] = [f"# tpbench report: run {run['run_id']}", ""]
     out += _header(run, analysis)
+    out += headline.markdown(analysis)
     out += _toggle_section(analysis)
     out += _verdict_section(run, analysis, plots)
     out += _conditions_section(analysis, plots)
