@@ -425,6 +425,11 @@ def _verdict_section(run: dict[str, Any], analysis: dict[str, Any], plots: dict[
                          f"{cell['trials'] - cell['failed']}" + (f" ({cell['failed']} failed)" if cell["failed"] else "")])
         out += _md_table(["#", "cell", "rate /s", "CPU µs/op", "CPU overhead [95% CI]", "verdict", "fidelity",
                           "ok trials"], rows)
+        deferred = [f"{label} {d:.3g}" for label, cell in entry["cells"].items()
+                    if (d := ((cell.get("metrics") or {}).get("deferred_cpu_per_op") or {}).get("median"))]
+        if deferred:
+            out += ["", "Deferred work inside CPU µs/op (what the observer did after the loop to turn its data "
+                    "into events: a drain, a decode, a file parse; µs/op): " + "; ".join(deferred)]
         unavailable = [f"{label}: {cell['reason']}" for label, cell in entry["cells"].items() if not cell["available"]]
         if unavailable:
             out += ["", "Not measured on this kernel: " + "; ".join(unavailable)]

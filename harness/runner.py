@@ -119,6 +119,7 @@ def run_trial(cell: Cell, run_id: str) -> dict[str, Any]:
             cpu_before = counters.read_cpu_ticks()
             truth = cell.workload.run(topology, cell.workload_params)
             cpu_after = counters.read_cpu_ticks()
+            attachment.loop_ended()  # what the observer does from here on is its deferred work
             trial["settle"] = settle(topology)
             snmp_after = {host.role: counters.read_snmp(host) for host in topology.hosts}
             started = time.perf_counter()

@@ -30,13 +30,13 @@ import random
 import time
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from netns import Topology
 
 from . import counters, toggle_stats
 from .backends import Backend, get_backend
+from .backends.processes import task_runtime_ns as _task_ns
 from .counters import CPUACCT_USAGE
 from .errors import Interrupted, UsageError
 from .interrupts import critical
@@ -115,18 +115,6 @@ def plan_group(workload_name: str, workload_params: dict[str, str],
             raise UsageError(f"{label} given twice")
         group.arms.append(Arm(label, backend, params, "observer"))
     return group
-
-
-def _task_ns(pids: list[int]) -> int:
-    """ns-exact runtime of every thread of these processes (schedstat's first field)."""
-    total = 0
-    for pid in pids:
-        for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
-            try:
-                total += int(stat.read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                continue  # a thread that just exited
-    return total
 
 
 def _read_int(path: str) -> int | None:

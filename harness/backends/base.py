@@ -3,6 +3,7 @@
     availability(probe, params) -> Availability   asks the capability probe, never the kernel directly
     check_params(params)                  optional: refuse combinations of parameters (UsageError)
     attach(topology, params) -> Attachment   load programs / open captures (timed apart)
+    Attachment.loop_ended()               the measured loop is over: mark the observer's CPU so far
     Attachment.detach() -> Observation    stop observing, return what was seen and what it cost
     Attachment.close()                    release everything without results (error paths)
     prepare(topology, params) -> Switch   optional: prepared once, switched on and off under one
@@ -65,6 +66,12 @@ class Observation:
 
 
 class Attachment(Protocol):
+    def loop_ended(self) -> None:
+        """The workload's measured loop has ended: mark what the observer's own processes have
+        used so far. What they spend afterwards turning raw data into events (a drain, a decode, a
+        file parse) is reported as details["deferred_cpu_s"] and added to the trial's cost."""
+        ...
+
     def detach(self) -> Observation: ...
 
     def close(self) -> None: ...

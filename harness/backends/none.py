@@ -11,6 +11,9 @@ from .base import Availability, Observation
 
 
 class _Nothing:
+    def loop_ended(self) -> None:
+        pass
+
     def detach(self) -> Observation:
         return Observation()
 

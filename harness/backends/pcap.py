@@ -58,7 +58,7 @@ from ..errors import UsageError
 from ..kernel import KernelProbe
 from ..params import Param
 from ..system import die_with_runner
-from .processes import cached_binary, kill, process_cpu_s, read_line, reap
+from .processes import DeferredCpu, cached_binary, kill, process_cpu_s, read_line, reap
 from .base import EVENT_KINDS, SIDES, Availability, Observation
 
 FILTERS = {
@@ -155,6 +155,7 @@ class _PythonCapture:
     def __init__(self, host: Host, config: dict[str, Any]):
         self.config = config
         self.process: subprocess.Popen | None = None
+        self.deferred = DeferredCpu()
         argv = capture_agent_argv(config)
         try:
             # its own session: a terminal's SIGINT goes to the runner, which stops the agent itself
@@ -177,6 +178,9 @@ class _PythonCapture:
             error = f"capture agent exited ({self.process.returncode}): {stderr[-1] if stderr else 'no output'}"
         raise CaptureError(error)
 
+    def loop_ended(self) -> None:
+        self.deferred.mark("agent", self.process.pid if self.process else None)
+
     def detach(self) -> Observation:
         try:
             self.process.stdin.close()  # the agent's signal to drain and report
@@ -197,6 +201,7 @@ class _PythonCapture:
             # packets the kernel queued that the consumer never read (0 once drained)
             "undrained": stats["received"] - stats["dropped"] - result["packets"]["captured"],
             "consumer_cpu_s": cpu,
+            "deferred_cpu_s": self.deferred.since("agent", cpu["total"]),  # its drain after the loop
             "drain_s": result.get("drain_s"),
         }, self.config["filter"])
 
@@ -271,6 +276,7 @@ class _TcpdumpCapture:
         self.config = config
         self.process: subprocess.Popen | None = None
         self.directory: Path | None = None
+        self.deferred = DeferredCpu()
         tcpdump = shutil.which("tcpdump")
         if tcpdump is None:
             raise UsageError("pcap: consumer=tcpdump needs tcpdump on PATH (make setup installs it)")
@@ -324,6 +330,9 @@ class _TcpdumpCapture:
                 return
             time.sleep(0.05)
 
+    def loop_ended(self) -> None:
+        self.deferred.mark("tcpdump", self.process.pid if self.process else None)
+
     def detach(self) -> Observation:
         try:
             self._settle()
@@ -338,9 +347,9 @@ class _TcpdumpCapture:
                 if match:
                     counts[match.group(2)] = int(match.group(1))
             file_bytes = self.path.stat().st_size
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.thread_time()
             result = read_capture_file(self.path, self.config["sides"])
-            parse_s = time.perf_counter() - started
+            parse_s, parse_cpu_s = time.perf_counter() - started, time.thread_time() - started_cpu
         finally:
             self.close()
         if self.started_cpu_s is not None:
@@ -360,6 +369,9 @@ class _TcpdumpCapture:
             "consumer_cpu_s": cpu,
             "file_bytes": file_bytes,
             "parse_s": round(parse_s, 3),
+            "parse_cpu_s": round(parse_cpu_s, 4),
+            # tcpdump's flush after the loop plus the file's parse into events: all in the cost
+            "deferred_cpu_s": round((self.deferred.since("tcpdump", cpu["total"]) or 0.0) + parse_cpu_s, 6),
         }, self.config["filter"])
 
     def close(self) -> None:

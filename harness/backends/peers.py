@@ -48,7 +48,7 @@ from ..kernel import KernelProbe
 from ..params import Param
 from ..system import die_with_runner
 from .base import SIDES, Availability, Observation
-from .processes import kill, process_cpu_s, reap
+from .processes import DeferredCpu, kill, process_cpu_s, reap
 from .tracepoint import MISSES_COUNTED_FROM, BackendError, kernel_version
 
 START_TIMEOUT_S = 120.0  # a bcc compile under emulation (the VMs) takes tens of seconds
@@ -227,6 +227,7 @@ class _PeerRun:
                                                dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
         self.headers: KernelHeaders | None = None
         self.tries: list[str] = []
+        self.deferred = DeferredCpu()
         try:
             started = time.monotonic()
             self._start()
@@ -289,6 +290,9 @@ class _PeerRun:
             time.sleep(0.02)
         return round(time.monotonic() - started, 3)
 
+    def loop_ended(self) -> None:
+        self.deferred.mark("tool", self.process.pid if self.process else None)
+
     def detach(self) -> Observation:
         try:
             drain_s = self._drain()
@@ -322,7 +326,9 @@ class _PeerRun:
             "headers": self.headers.package_version if self.headers else None,
             "header_tries": self.tries,
             "start_s": self.start_s, "startup_cpu_s": self.startup_cpu_s, "drain_s": drain_s,
-            "tool_cpu_s": cpu, "rows": parsed.rows, "foreign_rows": parsed.foreign,
+            "tool_cpu_s": cpu, "rows": parsed.rows,
+            # printing its backlog, then exiting (bcc's cleanup detaches its programs): in the cost
+            "deferred_cpu_s": self.deferred.since("tool", (cpu or {}).get("total")), "foreign_rows": parsed.foreign,
             "unparsed": parsed.unparsed, **parsed.extra,
             "lost_reported_by_tool": reported, "programs": stats,
             "lost_recursion": stats["recursion_misses"] if counted else None,

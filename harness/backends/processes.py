@@ -76,6 +76,35 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def task_runtime_ns(pids: list[int]) -> int:
+    """ns-exact runtime of every thread of these processes (schedstat's first field)."""
+    total = 0
+    for pid in pids:
+        for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            try:
+                total += int(stat.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue  # a thread that just exited
+    return total
+
+
+class DeferredCpu:
+    """The CPU an observer's own processes spend after the measured loop (draining, decoding,
+    parsing): marked when the loop ends (Attachment.loop_ended), taken from their final CPU
+    total (wait4's rusage, which the kernel derives from the same exact runtime) at the end."""
+
+    def __init__(self) -> None:
+        self.at_loop_end: dict[str, float] = {}
+
+    def mark(self, name: str, pid: int | None) -> None:
+        if pid is not None:
+            self.at_loop_end[name] = task_runtime_ns([pid]) / 1e9
+
+    def since(self, name: str, total_s: float | None) -> float | None:
+        start = self.at_loop_end.get(name)
+        return None if start is None or total_s is None else round(max(0.0, total_s - start), 6)
+
+
 def cached_binary(source: Path, libraries: list[str], what: str, error: type[Exception] = RuntimeError) -> Path:
     """A C helper built once per source version with gcc (make setup installs gcc and the -dev
     packages), cached under ~/.cache/tpbench/bin; built atomically (temporary name, rename)."""

@@ -31,7 +31,7 @@ from ..kernel import KernelProbe
 from ..params import Param
 from ..system import die_with_runner
 from .base import Availability, Observation
-from .processes import kill, read_line, reap
+from .processes import DeferredCpu, kill, read_line, reap
 from .sockdiag_infer import misses
 
 START_TIMEOUT_S = 15.0
@@ -57,6 +57,7 @@ class _Pollers:
         self.interval_ms = params["interval_ms"]
         self.processes: dict[str, subprocess.Popen] = {}
         self.closed = False
+        self.deferred = DeferredCpu()
         keep = [arg for host in topology.hosts for arg in ("--keep", host.address)]
         try:
             for host in topology.hosts:
@@ -82,6 +83,10 @@ class _Pollers:
         if "error" in message:
             raise RuntimeError(f"{role} sock_diag poller: {message['error']}")
         return message
+
+    def loop_ended(self) -> None:
+        for role, process in self.processes.items():
+            self.deferred.mark(role, process.pid)
 
     def detach(self) -> Observation:
         try:
@@ -124,6 +129,9 @@ class _Pollers:
             "miss_rate": round(lost / opened, 4) if opened else None,
             "sides": per_side,
             "invisible": INVISIBLE,
+            # the last poll and report after the loop
+            "deferred_cpu_s": round(sum(self.deferred.since(role, (cpu[role] or {}).get("total")) or 0.0
+                                        for role in cpu), 6),
         }
         return observation
 

@@ -42,7 +42,7 @@ from ..kernel import KernelProbe, probe_tracepoints
 from ..params import Param
 from ..system import die_with_runner, tracefs_path
 from .base import EVENT_KINDS, Availability, Observation
-from .processes import kill, read_line, reap
+from .processes import DeferredCpu, kill, read_line, reap
 from .tracefs_ring import DEFAULT_LAYOUT, KINDS, native_u32, page_header_layout
 from .tracepoint import HOOKS, _add, _check_hooks, _transition, parse_hooks
 
@@ -97,6 +97,7 @@ class _Session:
     def __init__(self, topology: Topology, params: dict[str, Any]):
         self.instance: Path | None = None
         self.process: subprocess.Popen | None = None
+        self.deferred = DeferredCpu()
         self.enabled: list[Path] = []
         self.closed = False
         tracefs = tracefs_path()
@@ -175,6 +176,9 @@ class _Session:
         self.stats_before = read_cpu_stats(instance)
         (instance / "tracing_on").write_text("1")
 
+    def loop_ended(self) -> None:
+        self.deferred.mark("reader", self.process.pid if self.process else None)
+
     def detach(self) -> Observation:
         try:
             (self.instance / "tracing_on").write_text("0")  # writers stop: the drain below ends
@@ -229,6 +233,8 @@ class _Session:
             "max_pages_per_poll": result["max_pages_per_poll"],
             "drain_s": result["drain_s"],
             "consumer_cpu_s": cpu,
+            # record mode's decode after the stop (and either mode's drain): in the cost
+            "deferred_cpu_s": self.deferred.since("reader", cpu["total"]),
             "consumer": self.config["consumer"],
             "decode_after_stop_s": result["decode_after_stop_s"],
             "consumer_ns_per_event": round((cpu["total"] - cpu["startup"]) * 1e9 / events_read, 1)

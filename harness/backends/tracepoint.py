@@ -54,7 +54,7 @@ from ..headers import find_headers, header_file
 from ..kernel import KernelProbe, attach_by_btf_id, load_tp_btf, probe_ringbuf, probe_tracepoints
 from ..params import Param, names_check, parse_names
 from ..system import die_with_runner, sysctl_set
-from .processes import cached_binary
+from .processes import DeferredCpu, cached_binary
 from .tracefs_ring import native_u32
 from .base import EVENT_KINDS, SIDES, Availability, Observation
 from .witness import witness_fidelity
@@ -295,6 +295,7 @@ class _PythonConsumer:
         self.lost_callback = 0
         self.cpu_s = 0.0
         self.stop_flag = threading.Event()
+        self.begin = 0.0
         table = bpf["events"]
         if transport == "ringbuf":
             table.open_ring_buffer(self._on_event)
@@ -317,8 +318,12 @@ class _PythonConsumer:
     def _on_lost(self, count: int) -> None:
         self.lost_callback += count
 
+    def cpu_so_far(self) -> float:
+        """The consumer thread's CPU since it started (read from another thread)."""
+        return time.clock_gettime(time.pthread_getcpuclockid(self.thread.ident)) - self.begin
+
     def _run(self, poll: Any, consume: Any) -> None:
-        begin = time.thread_time()
+        self.begin = begin = time.thread_time()
         while not self.stop_flag.is_set():
             poll(POLL_TIMEOUT_MS)  # wakes on batched forced wake-ups ...
             consume()  # ... and drains what was queued without one
@@ -451,6 +456,7 @@ class _Session:
     def __init__(self, backend: Any, topology: Topology, params: dict[str, Any], python_process: bool = False):
         self.backend = backend
         self.python_process = python_process  # consumer=python in its own process (the toggled measurement)
+        self.deferred = DeferredCpu()
         self.topology = topology
         self.empty = backend.empty
         self.mode = "empty" if backend.empty else params["mode"]
@@ -522,6 +528,13 @@ class _Session:
             self.consumer = _PyProcessConsumer(self.bpf)
         else:
             self.consumer = _PythonConsumer(self.bpf, self.transport, self.perf_pages_per_cpu, self.wakeup_batch)
+
+    def loop_ended(self) -> None:
+        consumer = self.consumer
+        if isinstance(consumer, _PythonConsumer):
+            self.deferred.at_loop_end["consumer"] = consumer.cpu_so_far()
+        elif consumer is not None:
+            self.deferred.mark("consumer", consumer.process.pid)
 
     def detach(self) -> Observation:
         consumed = self.consumer.stop() if self.consumer is not None else None
@@ -598,6 +611,8 @@ class _Session:
                 {
                     "consumer": self.consumer_kind,
                     "consumer_cpu_s": round(consumed["cpu_s"], 4),
+                    # the consumer's drain after the measured loop (added to the trial's cost)
+                    "deferred_cpu_s": self.deferred.since("consumer", consumed["cpu_s"]),
                     "consumer_max_rss_kib": consumed.get("max_rss_kib"),
                     "lost_callback": consumed["lost_callback"],
                     "buffer_bytes": (self.ring_pages * 4096 if self.transport == "ringbuf"

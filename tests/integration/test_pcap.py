@@ -71,6 +71,11 @@ def test_churn_syn_opens_equal_connections_with_no_drop_and_every_visible_transi
     else:  # and all TCP includes the handshake's ACK and the last ACK of every connection
         assert packets["captured"] >= flagged + 2 * CONNECTIONS
     assert details["snaplen"] == 54
+    # the work after the loop (the Python agent's drain; tcpdump's flush and the file's parse) is
+    # measured and added to the cell's cost
+    assert details["deferred_cpu_s"] > 0
+    if consumer == "tcpdump":
+        assert details["deferred_cpu_s"] >= details["parse_cpu_s"] > 0
     # flow by flow on the sampled flows: every visible transition once, in order, at its own time
     flows = trial["flows"]
     assert flows["flows"] > 0 and flows["scored"] == ["transitions"] and not flows["unmatched_events"]

@@ -115,3 +115,15 @@ def test_two_paired_trials_compare_as_too_few_without_a_direction():
     result = analyse(_run(_cell("none", [0.1, 0.11]), _cell("tracepoint", [0.1, 0.11]), _cell("pcap", [0.2, 0.21])))
     [comparison] = next(iter(result["workloads"].values()))["comparisons"]
     assert comparison["verdict"] == "not decided: too few paired trials (need 3 or more)"
+
+
+def test_an_observers_deferred_work_is_inside_its_cost_per_operation():
+    from harness.analysis import METRICS
+
+    trial = {"operations": 1000, "cpu_seconds": {"cpu": 0.05, "busy": 0.05},
+             "observed": {"details": {"deferred_cpu_s": 0.04}}}
+    assert METRICS["cpu_per_op"][1](trial) == pytest.approx(90.0)  # (0.05 + 0.04) s / 1000 ops
+    assert METRICS["deferred_cpu_per_op"][1](trial) == pytest.approx(40.0)
+    trial["observed"]["details"] = {}  # older records: nothing measured, nothing added
+    assert METRICS["cpu_per_op"][1](trial) == pytest.approx(50.0)
+    assert METRICS["deferred_cpu_per_op"][1](trial) is None
