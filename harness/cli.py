@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the default suite: every workload under every backend this kernel supports",
         epilog="examples:\n  tpbench bench                      toggled overhead + fidelity trials (what `make bench` runs)\n"
         "  tpbench bench --profile quick      toggled churn only (40 s) + fidelity trials\n"
-        "  tpbench bench --profile thorough   both levels, doubled caps, 10 rounds of trials, sweeps\n"
+        "  tpbench bench --profile thorough   every level x consumer pairing, doubled caps, 10 rounds, sweeps\n"
         "  tpbench bench --profile sweeps     the sweeps alone (where does one backend's cost cross another's?)\n"
         "writes results/<run-id>/run.json, analysis.json and benchmark.json (pytest-benchmark format:\n"
         "  pytest-benchmark compare results/*/benchmark.json)",
