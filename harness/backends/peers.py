@@ -17,8 +17,8 @@ The tool's processes are children of the runner, in the run's cgroup: their CPU 
 excepted, which happens before the measured loop) is inside the trial's cost. Their output is
 parsed after the tool has stopped, into the same Observation as every backend (per side by local
 address: 198.18.0.1 client, 198.18.0.2 server; sockets of other addresses are counted as foreign
-and left out). Loss is what the tool says ("Possibly lost N samples" from bcc's perf reader) plus
-what the kernel counted for the tool's programs (recursion_misses in their fdinfo, 6.7+): before
+and left out). Loss is what the tool says ("Possibly lost N samples" from bcc's perf reader, made
+complete by a sentinel session per CPU: send_sentinels) plus what the kernel counted for the tool's programs (recursion_misses in their fdinfo, 6.7+): before
 6.7 the kernel cannot count skipped classic-tracepoint runs and `lost` is null.
 
 They observe the whole host, so they are only measured when nothing else runs (the preflight
@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -171,6 +172,8 @@ class Tool:
     description: str
     hooks: tuple[str, ...]
     invisible: dict[str, str]
+    sentinel_rows: int = 0  # rows it prints for a sentinel session (send_sentinels); 0: drained by quiet
+    sentinel_last: str = ""  # in the session's last row, after its addresses
 
 
 _NO_EVENTS = "the tool does not trace it"
@@ -178,12 +181,12 @@ TOOLS = {tool.name: tool for tool in (
     Tool("bcc-tcpstates", "bpfcc-tools", ("tcpstates-bpfcc",), True, lambda line: line.startswith("SKADDR"),
          _tcpstates, "bcc's tcpstates-bpfcc as Debian ships it: a printed line per state change (Python perf-buffer "
          "callbacks)", (STATE_HOOK,),
-         {"retransmit, synack_retransmit, reset_sent, reset_received, sock_destroy, probe": _NO_EVENTS}),
+         {"retransmit, synack_retransmit, reset_sent, reset_received, sock_destroy, probe": _NO_EVENTS}, 3, "-> CLOSE "),
     Tool("bcc-tcplife", "bpfcc-tools", ("tcplife-bpfcc",), True, lambda line: line.startswith("PID"),
          _tcplife, "bcc's tcplife-bpfcc: a line per closed session, counted in the kernel by state changes",
          (STATE_HOOK,),
          {"state_change": "only a session's end (one line per session) is printed, not its transitions",
-          "retransmit, synack_retransmit, reset_sent, reset_received, sock_destroy, probe": _NO_EVENTS}),
+          "retransmit, synack_retransmit, reset_sent, reset_received, sock_destroy, probe": _NO_EVENTS}, 1),
     Tool("bcc-tcpretrans", "bpfcc-tools", ("tcpretrans-bpfcc",), True, lambda line: line.startswith("TIME"),
          _tcpretrans, "bcc's tcpretrans-bpfcc: a line per retransmitted skb", ("tracepoint:tcp:tcp_retransmit_skb",),
          {"state_change, synack_retransmit, reset_sent, reset_received, sock_destroy, probe": _NO_EVENTS}),
@@ -218,6 +221,37 @@ def _prog_stats(pid: int) -> dict[str, int]:
     return totals
 
 
+TCP_REPAIR = 19  # linux/tcp.h
+SENTINEL_PORT = 9  # the port the sentinel sessions "connect" to; no packet is sent
+# LADDR LPORT RADDR RPORT, in tcpstates' and tcplife's rows (tcpstates prints LPORT 0 for CLOSE->SYN_SENT)
+SENTINEL_ROW = re.compile(rf"127\.0\.0\.1\s+(\d+)\s+127\.0\.0\.1\s+{SENTINEL_PORT}\s")
+SENTINEL_WAIT_S = 2.0  # a sentinel not printed by then is sent again (its CPU's ring may have been full)
+
+
+def send_sentinels(cpus: set[int]) -> dict[int, int]:
+    """A sentinel session on each CPU: a socket in repair mode (TCP_REPAIR, as CRIU restores
+    connections) connects to 127.0.0.1 and closes, CLOSE->SYN_SENT->ESTABLISHED->CLOSE with no
+    packet sent: three rows for tcpstates, a session for tcplife, foreign to the sides. It does two
+    things for a tool reading per-CPU perf rings. When a ring is full the kernel counts what it
+    drops and writes that count (PERF_RECORD_LOST, printed by bcc's reader as "Possibly lost N
+    samples") only ahead of the next sample that fits on that CPU: after a run's last burst no
+    sample comes, and a tool stopped then never reports the loss. And the sentinel's row is the
+    last thing in its CPU's ring: once printed, the tool has read everything before it.
+    Returns each CPU's sentinel local port."""
+    allowed = os.sched_getaffinity(0)
+    ports = {}
+    try:
+        for cpu in sorted(cpus):
+            os.sched_setaffinity(0, {cpu})  # this thread only: the events fire on the CPU that connects
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sentinel:
+                sentinel.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
+                sentinel.connect(("127.0.0.1", SENTINEL_PORT))
+                ports[cpu] = sentinel.getsockname()[1]
+    finally:
+        os.sched_setaffinity(0, allowed)
+    return ports
+
+
 class _PeerRun:
     def __init__(self, tool: Tool, topology: Topology, params: dict[str, Any]):
         self.tool = tool
@@ -228,6 +262,7 @@ class _PeerRun:
         self.headers: KernelHeaders | None = None
         self.tries: list[str] = []
         self.deferred = DeferredCpu()
+        self.sentinels: dict[int, int] = {}  # sentinel port -> the CPU it was sent on
         try:
             started = time.monotonic()
             self._start()
@@ -277,8 +312,11 @@ class _PeerRun:
             time.sleep(0.02)
         return f"not ready within {START_TIMEOUT_S:.0f} s (no header in its output)"
 
-    def _drain(self) -> float:
-        """Wait until the tool's output stops growing: it has printed what its buffers held."""
+    def _drain(self) -> dict[str, Any]:
+        """Wait until the tool has printed what its buffers held: until each CPU's sentinel row is
+        out (tools that print one), else until its output stops growing."""
+        if self.tool.sentinel_rows:
+            return self._drain_by_sentinels()
         started = time.monotonic()
         size, since = -1, started
         while time.monotonic() - started < DRAIN_MAX_S:
@@ -288,14 +326,39 @@ class _PeerRun:
             elif time.monotonic() - since >= DRAIN_QUIET_S:
                 break
             time.sleep(0.02)
-        return round(time.monotonic() - started, 3)
+        return {"method": f"output unchanged for {DRAIN_QUIET_S} s", "drain_s": round(time.monotonic() - started, 3)}
+
+    def _drain_by_sentinels(self) -> dict[str, Any]:
+        started = time.monotonic()
+        pending = set(os.sched_getaffinity(0))
+        sent = self.sentinels  # sentinel port -> its CPU
+        rounds = 0
+        with open(self.stdout, "rb") as out:
+            tail = b""
+            while pending and time.monotonic() - started < DRAIN_MAX_S:
+                sent.update({port: cpu for cpu, port in send_sentinels(pending).items()})
+                rounds += 1
+                round_started = time.monotonic()
+                while pending and time.monotonic() - round_started < SENTINEL_WAIT_S:
+                    chunk = out.read()
+                    if chunk:
+                        complete, _, tail = (tail + chunk).rpartition(b"\n")
+                        for line in complete.decode(errors="replace").splitlines():
+                            match = SENTINEL_ROW.search(line)
+                            if match and int(match.group(1)) in sent and self.tool.sentinel_last in line[match.end():]:
+                                pending.discard(sent[int(match.group(1))])  # its last row is out
+                    else:
+                        time.sleep(0.02)
+        return {"method": "a sentinel session on each CPU, printed after everything before it in that CPU's ring",
+                "drain_s": round(time.monotonic() - started, 3), "sentinel_rounds": rounds,
+                "complete": not pending, "cpus_not_drained": sorted(pending)}
 
     def loop_ended(self) -> None:
         self.deferred.mark("tool", self.process.pid if self.process else None)
 
     def detach(self) -> Observation:
         try:
-            drain_s = self._drain()
+            drain = self._drain()
             stats = _prog_stats(self.process.pid)
             self.process.send_signal(signal.SIGINT)  # Ctrl-C: bpftrace prints its maps, bcc tools exit
             try:
@@ -308,6 +371,10 @@ class _PeerRun:
             self.close()
         parsed = self.tool.parse(lines, self.sides)
         reported = sum(int(n) for n in LOST_LINE.findall(stderr))
+        if self.sentinels:  # a sentinel sent into a full ring is in the tool's count, not the workload's
+            printed = sum(1 for line in lines if SENTINEL_ROW.search(line))
+            drain["sentinel_samples"] = {"sent": len(self.sentinels) * self.tool.sentinel_rows, "printed": printed}
+            reported -= max(0, drain["sentinel_samples"]["sent"] - printed)
         counted = kernel_version() >= MISSES_COUNTED_FROM["tp"]  # classic tracepoint programs
         observation = Observation()
         for side in SIDES:
@@ -325,14 +392,16 @@ class _PeerRun:
             "environment": {"PYTHONUNBUFFERED": "1", **(self.headers.environment() if self.headers else {})},
             "headers": self.headers.package_version if self.headers else None,
             "header_tries": self.tries,
-            "start_s": self.start_s, "startup_cpu_s": self.startup_cpu_s, "drain_s": drain_s,
+            "start_s": self.start_s, "startup_cpu_s": self.startup_cpu_s, "drain_s": drain["drain_s"], "drain": drain,
             "tool_cpu_s": cpu, "rows": parsed.rows,
             # printing its backlog, then exiting (bcc's cleanup detaches its programs): in the cost
             "deferred_cpu_s": self.deferred.since("tool", (cpu or {}).get("total")), "foreign_rows": parsed.foreign,
             "unparsed": parsed.unparsed, **parsed.extra,
-            "lost_reported_by_tool": reported, "programs": stats,
+            "lost_reported_by_tool": reported,  # less the sentinels' own samples
+            "programs": stats,
             "lost_recursion": stats["recursion_misses"] if counted else None,
-            "loss_method": ("the tool's own 'Possibly lost N samples' lines (bcc's perf reader) plus the kernel's "
+            "loss_method": ("the tool's own 'Possibly lost N samples' lines (bcc's perf reader; for tools drained "
+                            "by sentinels, each CPU's pending count is written ahead of its sentinel) plus the kernel's "
                             "recursion_misses of the tool's programs (read from its fds before SIGINT)"
                             + ("" if counted else "; before 6.7 the kernel does not count skipped classic "
                                "tracepoint runs, so lost is null")),

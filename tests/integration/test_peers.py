@@ -48,15 +48,17 @@ def test_state_peers_report_every_churn_transition_or_its_loss(backend, kernel, 
     for side in ("client", "server"):
         for transition, count in observed["sides"][side]["transitions"].items():
             assert count <= expected[side]["transitions"].get(transition, 0), (side, transition)
-    # the client's opens happen in process context, where nothing nests: never lost
-    assert observed["sides"]["client"]["transitions"]["CLOSE->SYN_SENT"] == 2000
+    assert total_seen > 0
+    # no count is safe from loss, not even the client's opens in process context: a perf ring that
+    # is full when the tool falls behind drops whatever comes, and the tool then owes a loss count
+    if backend == "bcc-tcpstates":  # drained by a sentinel per CPU, which also makes each ring write its count
+        assert details["drain"]["complete"], details["drain"]
     if kernel_version() >= (6, 7):
         assert observed["lost"] == details["lost_reported_by_tool"] + details["programs"]["recursion_misses"]
         if backend == "bpftrace":  # counts in a kernel map: a run either counts or is a counted miss
             assert total_expected - total_seen == observed["lost"]
-        else:  # a printed line per event: what is neither printed nor counted is the tool's silent loss
-            assert total_expected - total_seen >= observed["lost"]
-            assert total_seen >= 0.95 * total_expected
+        else:  # a printed line per event: what is neither printed nor counted would be silent loss
+            assert 0 <= total_expected - total_seen - observed["lost"] <= 0.01 * total_expected
     else:
         assert observed["lost"] is None and "before 6.7" in details["loss_method"]
 
@@ -65,9 +67,10 @@ def test_tcplife_prints_one_line_per_session(kernel, tmp_path):
     trial = _trial("bcc-tcplife", kernel, tmp_path, "-w", "churn", "-p", "connections=1000")
     observed = trial["observed"]
     sessions = {side: observed["sides"][side]["events"].get("session", 0) for side in ("client", "server")}
-    lost = observed["lost"] or 0
-    assert sessions["client"] == 1000  # the client's close is in process context
-    assert 1000 - lost <= sessions["server"] <= 1000
+    assert observed["details"]["drain"]["complete"], observed["details"]["drain"]
+    assert 0 < sessions["client"] <= 1000 and 0 < sessions["server"] <= 1000
+    if observed["lost"] is not None:  # a row per session, or a lost sample or a skipped run counted
+        assert sum(sessions.values()) >= 2000 - observed["lost"]
     assert observed["details"]["rows"] == sum(sessions.values()) + observed["details"]["foreign_rows"]
 
 
