@@ -56,6 +56,7 @@ START_TIMEOUT_S = 120.0  # a bcc compile under emulation (the VMs) takes tens of
 DRAIN_QUIET_S = 0.3  # output unchanged this long after the workload: the tool has printed what it had
 DRAIN_MAX_S = 60.0
 STOP_TIMEOUT_S = 30.0
+SIGINT_HEEDED_S = 5.0  # Ctrl-C, pressed again each second; then SIGTERM (see _stop)
 LOST_LINE = re.compile(r"Possibly lost (\d+) samples")
 COMPILE_ERROR = re.compile(r"error: |Failed to compile BPF module")
 STATE_HOOK = "tracepoint:sock:inet_sock_set_state"
@@ -353,6 +354,24 @@ class _PeerRun:
                 "drain_s": round(time.monotonic() - started, 3), "sentinel_rounds": rounds,
                 "complete": not pending, "cpus_not_drained": sorted(pending)}
 
+    def _stop(self) -> tuple[dict[str, float] | None, str]:
+        """Stop the tool as a user does, with Ctrl-C: bpftrace prints its maps, bcc tools exit. A bcc
+        tool busy with a backlog may not heed it: the KeyboardInterrupt is raised inside a perf-buffer
+        callback, which ctypes reports and swallows. Ctrl-C is pressed again each second, then the
+        tool gets SIGTERM (it dies at once; what it printed is in its output file)."""
+        started = time.monotonic()
+        while time.monotonic() - started < SIGINT_HEEDED_S:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                return reap(self.process, 1.0), f"SIGINT ({time.monotonic() - started:.1f} s)"
+            except subprocess.TimeoutExpired:
+                pass
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return reap(self.process, STOP_TIMEOUT_S), f"SIGTERM: SIGINT not heeded for {SIGINT_HEEDED_S:.0f} s"
+        except subprocess.TimeoutExpired:
+            raise BackendError(f"{self.tool.name} did not exit within {STOP_TIMEOUT_S:.0f} s of SIGTERM") from None
+
     def loop_ended(self) -> None:
         self.deferred.mark("tool", self.process.pid if self.process else None)
 
@@ -360,11 +379,7 @@ class _PeerRun:
         try:
             drain = self._drain()
             stats = _prog_stats(self.process.pid)
-            self.process.send_signal(signal.SIGINT)  # Ctrl-C: bpftrace prints its maps, bcc tools exit
-            try:
-                cpu = reap(self.process, STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                raise BackendError(f"{self.tool.name} did not exit within {STOP_TIMEOUT_S:.0f} s of SIGINT") from None
+            cpu, stopped_by = self._stop()
             lines = self.stdout.read_text(errors="replace").splitlines()
             stderr = self.stderr.read_text(errors="replace")
         finally:
@@ -393,6 +408,7 @@ class _PeerRun:
             "headers": self.headers.package_version if self.headers else None,
             "header_tries": self.tries,
             "start_s": self.start_s, "startup_cpu_s": self.startup_cpu_s, "drain_s": drain["drain_s"], "drain": drain,
+            "stopped_by": stopped_by,
             "tool_cpu_s": cpu, "rows": parsed.rows,
             # printing its backlog, then exiting (bcc's cleanup detaches its programs): in the cost
             "deferred_cpu_s": self.deferred.since("tool", (cpu or {}).get("total")), "foreign_rows": parsed.foreign,
