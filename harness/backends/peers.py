@@ -18,8 +18,9 @@ excepted, which happens before the measured loop) is inside the trial's cost. Th
 parsed after the tool has stopped, into the same Observation as every backend (per side by local
 address: 198.18.0.1 client, 198.18.0.2 server; sockets of other addresses are counted as foreign
 and left out). Loss is what the tool says ("Possibly lost N samples" from bcc's perf reader, made
-complete by a sentinel session per CPU: send_sentinels) plus what the kernel counted for the tool's programs (recursion_misses in their fdinfo, 6.7+): before
-6.7 the kernel cannot count skipped classic-tracepoint runs and `lost` is null.
+complete by a sentinel session per CPU: send_sentinels) plus what the kernel counted for the
+tool's programs (recursion_misses in their fdinfo, 6.7+): before 6.7 the kernel cannot count
+skipped classic-tracepoint runs and `lost` is null.
 
 They observe the whole host, so they are only measured when nothing else runs (the preflight
 refuses a busy host); they have no `prepare`, so the toggled measurement (which switches an
@@ -407,7 +408,7 @@ class _PeerRun:
             "environment": {"PYTHONUNBUFFERED": "1", **(self.headers.environment() if self.headers else {})},
             "headers": self.headers.package_version if self.headers else None,
             "header_tries": self.tries,
-            "start_s": self.start_s, "startup_cpu_s": self.startup_cpu_s, "drain_s": drain["drain_s"], "drain": drain,
+            "start_s": self.start_s, "startup_cpu_s": self.startup_cpu_s, "drain_s": drain.pop("drain_s"), "drain": drain,
             "stopped_by": stopped_by,
             "tool_cpu_s": cpu, "rows": parsed.rows,
             # printing its backlog, then exiting (bcc's cleanup detaches its programs): in the cost
