@@ -42,12 +42,29 @@
 #endif
 
 // Entries: one body per hook (do_<event>), entered by a primary program and, with RESCUE, a
-// rescue program on the same tracepoint. __bpf_trace_run() skips a program that is already
-// running on the CPU, and a softirq state change can arrive while a process-context one is being
-// traced by the same program: the kernel then counts a recursion miss, and the event is gone.
-// The rescue program is a different program, so it runs: it does nothing while this CPU's
-// primary is idle (the normal case), and handles the event when the primary is busy, i.e. was
-// the one skipped. Lost = the primaries' misses - rescued + the rescue programs' own misses.
+// rescue program on the same tracepoint, attached after it. __bpf_trace_run() skips a program
+// that is already running on the CPU (prog->active), and a softirq state change can arrive while
+// a process-context one is being traced by the same program: the kernel then counts a recursion
+// miss, and the event is gone unless the rescue program, a different program, handles it.
+//
+// The rescue must know whether its primary ran for *this* event. A "primary busy" flag set in
+// the primary's body cannot say: prog->active is raised before the body's first instruction and
+// lowered after its last, and a nested event that arrives in those gaps finds the flag clear
+// although its primary was skipped (measured: ~30% of the misses). So each primary, first thing,
+// pushes the event's identity (its TP_PROTO arguments) onto a small per-CPU stack, and the
+// rescue looks for it from the top: found, the primary ran (pop it and everything above it);
+// not found, the primary was skipped, and the rescue handles the event. Every case nests:
+//   A's primary, [B arrives: primary skipped, B not on the stack: rescued], A's rescue pops A
+//   A's primary pushes A, [B: primary pushes B, rescue pops B], A's rescue pops A
+//   A's rescue starts, [B: primary pushes B, B's rescue skipped], A's rescue finds A below B
+// so rescued == the primaries' misses, and the Python side reports any difference. A rescue
+// program's own miss loses nothing (its primary was idle, so it ran the event) but can leave
+// that event on the stack (B above, had it come after A's pop), where a later skipped event
+// with the same arguments would find it (a socket's memory is reused at once). Such entries are
+// dead by construction: events nest only across stacks (a softirq runs on the CPU's IRQ stack,
+// over a task stack), so an entry whose arguments were on the stack the new event's are on
+// (the same THREAD_SIZE-aligned 16 KiB) belongs to a call that has returned, and the next
+// primary on that stack drops it before pushing.
 // Names keep bcc from attaching them by itself (the loader attaches them, then the witnesses,
 // which must fire after the observer).
 #ifdef FLAVOUR_TP_BTF
@@ -59,14 +76,92 @@ typedef struct bpf_raw_tracepoint_args ctx_t;
 #define ARG(i) (ctx->args[i])
 #define ENTRY_(event, role) int rawtp##role##__##event(struct bpf_raw_tracepoint_args *ctx)
 #endif
+// An event's identity: its arguments (a tracepoint with N arguments may read only N).
+#define ARGS1 (u64)ARG(0), 0, 0
+#define ARGS2 (u64)ARG(0), (u64)ARG(1), 0
+#define ARGS3 (u64)ARG(0), (u64)ARG(1), (u64)ARG(2)
 
 #ifdef RESCUE
-BPF_PERCPU_ARRAY(tracing, u32, NKINDS); // per hook: 1 while this CPU's primary program runs it
-BPF_PERCPU_ARRAY(rescued, u64, 1);      // events the rescue programs handled
+#define PENDING 4 // live entries: at most 2 (process context, then softirq)
+#define STACK_REGION(addr) ((addr) >> 14)
+struct pending {
+    u64 ident[PENDING];
+    u64 where[PENDING]; // the address of the event's arguments, i.e. which kernel stack
+    u64 scratch[4][4];  // per nesting level: see as_numbers()
+    u32 nesting;
+    u32 depth;
+};
+BPF_PERCPU_ARRAY(entered, struct pending, NKINDS); // per hook: events its primary has entered
+BPF_PERCPU_ARRAY(rescued, u64, 1);                 // events the rescue programs handled
 
-static __always_inline u32 *primary_flag(u32 hook)
+// Pointers as numbers: the verifier allows no arithmetic on a context or (tp_btf) a typed
+// pointer, so they are stored in the map and loaded back as plain values (root may store
+// pointers). A program can be interrupted between the store and the load by one on the same hook
+// that does the same, so each level of nesting has its slot; nesting is last-in first-out, so a
+// plain per-CPU count of the levels in use is exact (measured: one shared slot gave ~1 rescue in
+// 10 trials for an event whose primary had run, its identity read back from the nested event).
+static __always_inline u64 as_numbers(struct pending *p, u64 out[4], u64 a0, u64 a1, u64 a2, u64 ctx)
 {
-    return tracing.lookup(&hook);
+    volatile u32 *nesting = &p->nesting; // volatile: the compiler must not merge its two stores
+    u32 level = *nesting;
+    *nesting = level + 1;
+    volatile u64 *slot = p->scratch[level & 3];
+    slot[0] = a0;
+    slot[1] = a1;
+    slot[2] = a2;
+    slot[3] = ctx;
+    out[0] = slot[0];
+    out[1] = slot[1];
+    out[2] = slot[2];
+    out[3] = slot[3];
+    *nesting = level;
+    return out[0] ^ (out[1] * 0x9E3779B97F4A7C15ULL) ^ (out[2] << 40);
+}
+
+static __always_inline void push_pending(u32 hook, const void *ctx, u64 a0, u64 a1, u64 a2)
+{
+    struct pending *p = entered.lookup(&hook);
+    if (!p)
+        return;
+    u64 numbers[4];
+    u64 ident = as_numbers(p, numbers, a0, a1, a2, (u64)ctx);
+    u64 where = numbers[3];
+    u64 here = STACK_REGION(where);
+    u32 depth = p->depth;
+#pragma unroll
+    for (int i = PENDING - 1; i >= 0; i--) // entries of returned calls on this stack
+        if ((u32)i + 1 == depth && STACK_REGION(p->where[i]) == here)
+            depth = i;
+    if (depth >= PENDING) { // full (cannot happen while the invariant holds): the oldest goes
+#pragma unroll
+        for (int i = 0; i < PENDING - 1; i++) {
+            p->ident[i] = p->ident[i + 1];
+            p->where[i] = p->where[i + 1];
+        }
+        depth = PENDING - 1;
+    }
+    p->ident[depth & (PENDING - 1)] = ident;
+    p->where[depth & (PENDING - 1)] = where;
+    p->depth = depth + 1;
+}
+
+// 1 if the primary entered this event (it is then popped, with whatever sits above it)
+static __always_inline int pop_pending(u32 hook, u64 a0, u64 a1, u64 a2)
+{
+    struct pending *p = entered.lookup(&hook);
+    if (!p)
+        return 1;
+    u64 numbers[4];
+    u64 ident = as_numbers(p, numbers, a0, a1, a2, 0);
+    u32 depth = p->depth;
+#pragma unroll
+    for (int i = PENDING - 1; i >= 0; i--) {
+        if ((u32)i < depth && p->ident[i] == ident) {
+            p->depth = i;
+            return 1;
+        }
+    }
+    return 0;
 }
 
 static __always_inline void count_rescued(void)
@@ -75,29 +170,23 @@ static __always_inline void count_rescued(void)
     bump(rescued.lookup(&zero));
 }
 
-#define ENTRY(event, hook)                                                 \
+#define ENTRY(event, hook, args)                                           \
     static __always_inline int do_##event(ctx_t *ctx);                     \
     ENTRY_(event, )                                                        \
     {                                                                      \
-        u32 *busy = primary_flag(hook);                                    \
-        if (busy)                                                          \
-            *busy = 1;                                                     \
-        int ret = do_##event(ctx);                                         \
-        if (busy)                                                          \
-            *busy = 0;                                                     \
-        return ret;                                                        \
+        push_pending(hook, ctx, args);                                     \
+        return do_##event(ctx);                                            \
     }                                                                      \
     ENTRY_(event, _rescue)                                                 \
     {                                                                      \
-        u32 *busy = primary_flag(hook);                                    \
-        if (!busy || !*busy)                                               \
-            return PASS_ON; /* the primary ran (or runs) this event */     \
+        if (pop_pending(hook, args))                                       \
+            return PASS_ON; /* the primary ran this event */               \
         count_rescued();                                                   \
         return do_##event(ctx);                                            \
     }                                                                      \
     static __always_inline int do_##event(ctx_t *ctx)
 #else
-#define ENTRY(event, hook) ENTRY_(event, )
+#define ENTRY(event, hook, args) ENTRY_(event, )
 #endif
 
 #define RD(dst, base, offset) bpf_probe_read_kernel(&(dst), sizeof(dst), (const u8 *)(base) + (offset))
@@ -143,7 +232,7 @@ static __always_inline int emit_sock(void *ctx, u8 kind, const void *sk, int old
 
 #ifdef HOOK_inet_sock_set_state
 // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
-ENTRY(inet_sock_set_state, KIND_STATE_CHANGE)
+ENTRY(inet_sock_set_state, KIND_STATE_CHANGE, ARGS3)
 {
 #ifdef EMPTY
     return PASS_ON;
@@ -159,7 +248,7 @@ ENTRY(inet_sock_set_state, KIND_STATE_CHANGE)
 
 #ifdef HOOK_tcp_retransmit_skb
 // TP_PROTO(const struct sock *sk, const struct sk_buff *skb[, int err])  (err: 6.x formats)
-ENTRY(tcp_retransmit_skb, KIND_RETRANSMIT)
+ENTRY(tcp_retransmit_skb, KIND_RETRANSMIT, ARGS2)
 {
 #ifdef EMPTY
     return PASS_ON;
@@ -175,7 +264,7 @@ ENTRY(tcp_retransmit_skb, KIND_RETRANSMIT)
 #ifdef HOOK_tcp_retransmit_synack
 // TP_PROTO(const struct sock *sk, const struct request_sock *req): the listener, and the request
 // whose sock_common holds the addresses (ir_loc_addr = skc_rcv_saddr, ir_num = skc_num)
-ENTRY(tcp_retransmit_synack, KIND_SYNACK_RETRANSMIT)
+ENTRY(tcp_retransmit_synack, KIND_SYNACK_RETRANSMIT, ARGS2)
 {
 #ifdef EMPTY
     return PASS_ON;
@@ -201,7 +290,7 @@ ENTRY(tcp_retransmit_synack, KIND_SYNACK_RETRANSMIT)
 // 6.10+: TP_PROTO(const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason reason),
 // and sk may be NULL or not a full socket (TIME_WAIT, NEW_SYN_RECV): the addresses then come from
 // the segment being answered, reversed. Before: TP_PROTO(sk, skb), everything from sk.
-ENTRY(tcp_send_reset, KIND_RESET_SENT)
+ENTRY(tcp_send_reset, KIND_RESET_SENT, ARGS2)
 {
 #ifdef EMPTY
     return PASS_ON;
@@ -243,7 +332,7 @@ ENTRY(tcp_send_reset, KIND_RESET_SENT)
 
 #ifdef HOOK_tcp_receive_reset
 // TP_PROTO(struct sock *sk)
-ENTRY(tcp_receive_reset, KIND_RESET_RECEIVED)
+ENTRY(tcp_receive_reset, KIND_RESET_RECEIVED, ARGS1)
 {
 #ifdef EMPTY
     return PASS_ON;
@@ -254,7 +343,7 @@ ENTRY(tcp_receive_reset, KIND_RESET_RECEIVED)
 
 #ifdef HOOK_tcp_destroy_sock
 // TP_PROTO(struct sock *sk)
-ENTRY(tcp_destroy_sock, KIND_SOCK_DESTROY)
+ENTRY(tcp_destroy_sock, KIND_SOCK_DESTROY, ARGS1)
 {
 #ifdef EMPTY
     return PASS_ON;
@@ -265,7 +354,7 @@ ENTRY(tcp_destroy_sock, KIND_SOCK_DESTROY)
 
 #ifdef HOOK_tcp_probe
 // TP_PROTO(struct sock *sk, const struct sk_buff *skb); snd_cwnd from struct tcp_sock
-ENTRY(tcp_probe, KIND_PROBE)
+ENTRY(tcp_probe, KIND_PROBE, ARGS2)
 {
 #ifdef EMPTY
     return PASS_ON;

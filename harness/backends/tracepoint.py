@@ -366,8 +366,12 @@ class _CConsumer:
             self.process.wait()
             raise BackendError(f"the C consumer did not start: {error}")
 
-    def stop(self) -> dict[str, Any]:
-        out, err = self.process.communicate(timeout=30)  # closing stdin tells it to drain and report
+    def stop(self, staged: bytes = b"") -> dict[str, Any]:
+        """Hand it the staged records, then close its stdin: it drains the ring and reports."""
+        if staged:  # a few KiB: within the pipe's buffer
+            self.process.stdin.buffer.write(staged)
+            self.process.stdin.flush()
+        out, err = self.process.communicate(timeout=30)
         if self.process.returncode != 0:
             raise BackendError(f"the C consumer failed ({self.process.returncode}): {err.strip()}")
         report = json.loads(out)
@@ -377,6 +381,9 @@ class _CConsumer:
             "cpu_s": report["cpu_s"],
             "lost_callback": 0,
             "max_rss_kib": report["max_rss_kib"],
+            "staged_taken": report["staged_taken"],
+            "bad_records": report["bad_records"],
+            "events_read": report["events"],
             "attribution_overflow": report["attribution_overflow"],
             "flow_events": {"events": report["flow_events"], "overflow": report["flow_events_overflow"],
                             "sk_overflow": report["flow_sk_overflow"]},
@@ -529,6 +536,10 @@ class _Session:
             self._open_buffer()
         self.stats_before = {name: _read_prog_stats(fd) for name, fd in (*self.programs.items(),
                                                                           *self.witnesses.items())}
+        self.rescued_before = self._rescued()  # read beside the stats: both are deltas
+
+    def _rescued(self) -> int:
+        return self._percpu_sums("rescued", 1)[0] if self.program.details.get("rescue") else 0
 
     def _open_buffer(self) -> None:
         self.perf_pages_per_cpu = _pow2_at_least(max(1, self.buffer_bytes // 4096 // (os.cpu_count() or 1)))
@@ -547,11 +558,21 @@ class _Session:
             self.deferred.mark("consumer", consumer.process.pid)
 
     def detach(self) -> Observation:
-        consumed = self.consumer.stop() if self.consumer is not None else None
+        # Events still staged in each CPU's partial batch: the C consumer takes them on its stdin,
+        # so they meet its socket-address table (a connect's port is known only from the
+        # socket's next event, which may have gone out in an earlier batch)
+        staged_records = self._staged_records() if self.consumer is not None and self.batch > 1 else []
+        if isinstance(self.consumer, _CConsumer):
+            consumed = self.consumer.stop(b"".join(staged_records))
+        else:
+            consumed = self.consumer.stop() if self.consumer is not None else None
+            if consumed is not None:
+                self._count_staged(consumed, staged_records)
         self.consumer = None
-        staged = self._collect_staged(consumed) if consumed is not None and self.batch > 1 else 0
+        staged = len(staged_records)
         stats_after = {name: _read_prog_stats(fd) for name, fd in (*self.programs.items(),
                                                                    *self.witnesses.items())}
+        rescued = self._rescued() - self.rescued_before
         observation = Observation()
         filtered = self._percpu_sums("filtered", len(EVENT_KINDS))
         attribution = None
@@ -574,7 +595,6 @@ class _Session:
         # returned, so the primary was idle and ran the nested event (both busy at once would
         # need a third level of nesting, which TCP's process/softirq contexts never reach).
         misses = sum(p["recursion_misses"] for n, p in programs.items() if not is_rescue(n))
-        rescued = self._percpu_sums("rescued", 1)[0] if self.program.details.get("rescue") else 0
         total_runs = sum(p["run_cnt"] for n, p in programs.items() if not is_rescue(n)) + rescued
         total_ns = sum(p["run_time_ns"] for p in programs.values())
         lost_recursion = misses - rescued  # each rescued event is one of its primary's misses
@@ -596,6 +616,10 @@ class _Session:
             "lost_recursion": lost_recursion if misses_counted else None,
             "recursion_misses": misses,
             "rescued": rescued if self.program.details.get("rescue") else None,
+            # a rescue program's own misses lose nothing (see above); each leaves a stale entry
+            # on rawtp.bpf.c's pending stack
+            "rescue_misses": (sum(p["recursion_misses"] for n, p in programs.items() if is_rescue(n))
+                              if self.program.details.get("rescue") else None),
             "lost_output": lost_output,
             "loss_method": (
                 "output failures (ring reserve or perf submit, counted by the programs) + the kernel's "
@@ -630,6 +654,9 @@ class _Session:
                     "wakeup_batch": self.wakeup_batch,
                     "batch": self.batch,
                     "staged_at_detach": staged,
+                    "staged_taken": consumed.get("staged_taken", staged),
+                    "consumer_bad_records": consumed.get("bad_records", 0),
+                    "consumer_events_read": consumed.get("events_read"),
                     "event_bytes": EVENT_SIZE,
                     "attribution": attribution,
                 }
@@ -647,21 +674,24 @@ class _Session:
                 "recursion_misses": after["recursion_misses"] - before["recursion_misses"],
                 "ns_per_run": round(ns / runs, 1) if runs else None}
 
-    def _collect_staged(self, consumed: dict[str, Any]) -> int:
-        """Events still staged in each CPU's partial batch: read from the map, counted like the rest."""
+    def _staged_records(self) -> list[bytes]:
+        """The records in each CPU's partial batch (read from the staging map at detach)."""
         table = self.bpf["staging"]
-        collected = 0
+        records = []
         for per_cpu in table[table.Key(0)]:
             raw = bytes(per_cpu)
             staged = struct.unpack_from("<I", raw)[0] & (self.batch - 1)
-            for i in range(staged):
-                offset = 8 + i * EVENT_SIZE
-                key = raw[offset + 16 : offset + 24] + raw[offset + 40 : offset + 56]
-                _count_key(consumed["counts"], consumed["attribution"], key, 1)
-                if "flow_events" in consumed and (sampled := flowmatch.sample_record(raw, offset)):
-                    consumed["flow_events"]["events"].append(sampled)
-            collected += staged
-        return collected
+            records += [raw[8 + i * EVENT_SIZE : 8 + (i + 1) * EVENT_SIZE] for i in range(staged)]
+        return records
+
+    @staticmethod
+    def _count_staged(consumed: dict[str, Any], records: list[bytes]) -> None:
+        """Staged records counted like the rest, for the consumers that did not see them."""
+        for raw in records:
+            key = raw[16:24] + raw[40:56]
+            _count_key(consumed["counts"], consumed["attribution"], key, 1)
+            if "flow_events" in consumed and (sampled := flowmatch.sample_record(raw)):
+                consumed["flow_events"]["events"].append(sampled)
 
     def _percpu_sums(self, name: str, entries: int) -> list[int]:
         table = self.bpf[name]
@@ -761,7 +791,8 @@ class _TracepointSwitch:
             for tp in list(bpf.tracepoint_fds):
                 bpf.detach_tracepoint(tp)
         else:
-            for event in list(bpf.raw_tracepoint_fds):
+            # rescues first: a rescue program left alone would take every event for a skipped one
+            for event in sorted(bpf.raw_tracepoint_fds, key=lambda key: not key.endswith(b"#rescue")):
                 bpf.detach_raw_tracepoint(event)
 
     def _totals(self) -> dict[str, int]:
