@@ -33,7 +33,7 @@ BASELINE = "none"
 FOREIGN_TRIAL_LIMIT = 0.10  # share of the CPUs' capacity used outside the run over the measured loop
 
 
-def _foreign(trial: dict[str, Any]) -> bool:
+def foreign_trial(trial: dict[str, Any]) -> bool:
     return (trial.get("foreign_share") or 0.0) > FOREIGN_TRIAL_LIMIT
 
 
@@ -110,7 +110,7 @@ def _samples(cell: dict[str, Any], metric: str) -> dict[int, float]:
     read = METRICS[metric][1]
     values = {}
     for trial in cell["trials"]:
-        if trial.get("status") != "ok" or _foreign(trial):
+        if trial.get("status") != "ok" or foreign_trial(trial):
             continue
         try:
             value = read(trial)
@@ -185,7 +185,7 @@ def analyse(run: dict[str, Any], decide_pp: float = DECIDE_PP) -> dict[str, Any]
                         }
             entry["cells"][label] = {
                 "backend": cell["backend"], "available": True, "trials": len(cell["trials"]),
-                "failed": len(failed), "excluded_foreign": sum(1 for t in cell["trials"] if _foreign(t)),
+                "failed": len(failed), "excluded_foreign": sum(1 for t in cell["trials"] if foreign_trial(t)),
                 "lost": [t["observed"]["lost"] for t in cell["trials"] if t.get("status") == "ok"],
                 "metrics": metrics, "overhead": overhead,
             }

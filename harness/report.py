@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import flowmatch, headline, preflight, toggle_stats
+from . import flowmatch, headline, inkernel, preflight, toggle_stats
 from .analysis import analyse, cell_label, workload_key
 from .attribution import attribution
 from .benchjson import benchmark_json
@@ -53,6 +53,7 @@ def full_analysis(run: dict[str, Any]) -> dict[str, Any]:
     result["toggle"] = {"method": toggled["method"], "groups": toggled["groups"]}
     result["headline"], result["aa"] = toggled["headline"], toggled["aa"]
     result["matrix"] = headline.matrix(result)
+    result["in_kernel"] = inkernel.analyse(run)
     return result
 
 
@@ -325,6 +326,7 @@ def render_markdown(run: dict[str, Any], analysis: dict[str, Any], plots: dict[s
     out += _verdict_section(run, analysis, plots)
     out += _conditions_section(analysis, plots)
     out += _fidelity_section(analysis)
+    out += _in_kernel_section(analysis)
     out += _flows_section(analysis)
     out += _visibility_section(analysis)
     out += _attribution_section(analysis)
@@ -538,6 +540,33 @@ def _fidelity_section(analysis: dict[str, Any]) -> list[str]:
                                   for c in cell["kernel_checks"]])
             out.append("")
         out += ["</details>", ""]
+    return out
+
+
+def _multiple(m: dict[str, Any]) -> str:
+    ci = "" if m["low"] is None else f" [{m['low']:.2f}, {m['high']:.2f}]"
+    return f"{m['median']:.2f}x{ci}"
+
+
+def _in_kernel_section(analysis: dict[str, Any]) -> list[str]:
+    section = analysis.get("in_kernel") or {}
+    if not section.get("workloads"):
+        return []
+    out = ["## In-kernel cost (bpf_stats)", "",
+           "The kernel's own run time of each cell's BPF programs per delivered event (kernel.bpf_stats_enabled, "
+           "read from each program's fdinfo; rescue and witness programs included), median and 95% CI over the "
+           "trials; and each observer as a multiple of the empty program on the same hooks and flavour, paired "
+           f"per round (goal: within {section['goal_multiple']:g}x). The kernel's entry into the programs, a classic "
+           "tracepoint's record and the consumer are not in it: they are in the CPU per operation.", ""]
+    for key, group in section["workloads"].items():
+        rows = [[label, _fmt(est["median"]), "-" if est["low"] is None else f"[{est['low']:.1f}, {est['high']:.1f}]",
+                 str(est["n"])] for label, est in group["cells"].items()]
+        out += [f"### {key}", ""] + _md_table(["cell", "ns/event", "95% CI", "trials"], rows) + [""]
+        for m in group["multiples"]:
+            out.append(f"- {m['a']} / {m['empty']}: {_multiple(m['multiple'])}, "
+                       f"{m['against_goal']} {m['goal']:g}x")
+        if group["multiples"]:
+            out.append("")
     return out
 
 
