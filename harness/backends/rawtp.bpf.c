@@ -98,8 +98,8 @@ BPF_PERCPU_ARRAY(rescued, u64, 1);                 // events the rescue programs
 // pointer, so they are stored in the map and loaded back as plain values (root may store
 // pointers). A program can be interrupted between the store and the load by one on the same hook
 // that does the same, so each level of nesting has its slot; nesting is last-in first-out, so a
-// plain per-CPU count of the levels in use is exact (measured: one shared slot gave ~1 rescue in
-// 10 trials for an event whose primary had run, its identity read back from the nested event).
+// plain per-CPU count of the levels in use is exact (measured: one shared slot gave 4 rescues in
+// 24 40k trials for events whose primary had run, their identity read back from a nested event).
 static __always_inline u64 as_numbers(struct pending *p, u64 out[4], u64 a0, u64 a1, u64 a2, u64 ctx)
 {
     volatile u32 *nesting = &p->nesting; // volatile: the compiler must not merge its two stores

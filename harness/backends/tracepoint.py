@@ -617,7 +617,7 @@ class _Session:
             "recursion_misses": misses,
             "rescued": rescued if self.program.details.get("rescue") else None,
             # a rescue program's own misses lose nothing (see above); each leaves a stale entry
-            # on rawtp.bpf.c's pending stack
+            # on rawtp.bpf.c's `entered` stack, dropped by the next primary on that kernel stack
             "rescue_misses": (sum(p["recursion_misses"] for n, p in programs.items() if is_rescue(n))
                               if self.program.details.get("rescue") else None),
             "lost_output": lost_output,
