@@ -209,6 +209,15 @@ def _kernel_checks(trials: list[dict[str, Any]], side: str) -> list[dict[str, An
     return out
 
 
+def _uncounted_shortfall(trials: list[dict[str, Any]]) -> int:
+    """Per trial, the kernel checks' shortfall less the events the trial counted lost, summed."""
+    total = 0
+    for trial in trials:
+        shortfall = sum(c["shortfall"] or 0 for side in SIDES for c in _kernel_checks([trial], side))
+        total += max(0, shortfall - int((trial.get("observed") or {}).get("lost") or 0))
+    return total
+
+
 def _ground_truth_check(trials: list[dict[str, Any]]) -> dict[str, Any]:
     """Did the kernel count what the workload declared (the oracle is itself checked)?"""
     matched, mismatches = 0, []
@@ -259,6 +268,10 @@ def cell_fidelity(cell: dict[str, Any]) -> dict[str, Any] | None:
         # where the kernel cannot count skipped programs (lost: null), the counters that cannot
         # miss say how many events an observer probably lost without knowing
         "probable_silent_loss": None if countable else sum(c["shortfall"] or 0 for c in checks),
+        # where the observer counts lost events, a shortfall beyond them: each counted event explains
+        # at most one unit of shortfall, so this is a lower bound on the loss nobody counted (a
+        # capture or a poll misses what it cannot infer or did not sample, which is no loss)
+        "uncounted_shortfall": _uncounted_shortfall(trials) if countable and units == ["events"] else None,
         "lost_unit": units[0] if len(units) == 1 else "/".join(units),
         "rows": rows,
         "other_side": other,

@@ -164,6 +164,9 @@ def _fidelity_summary(cell_fid: dict[str, Any] | None) -> str:
     if cell_fid["lost_reported"] is None:
         parts.append(f"loss not countable here, probably {cell_fid['probable_silent_loss']:,} lost silently "
                      "(kernel counters)")
+    elif cell_fid.get("uncounted_shortfall"):
+        parts.append(f"at least {cell_fid['uncounted_shortfall']:,} lost uncounted (kernel counters exceed "
+                     "what was seen plus what was counted lost)")
     if invisible:
         parts.append(f"cannot see {', '.join(invisible)}")
     return "; ".join(parts) or "as declared"
@@ -299,6 +302,9 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _lost_text(cell: dict[str, Any]) -> str:
     if cell["lost_reported"] is None:  # the kernel cannot count the observer's skipped runs
         return f"not countable (probably {cell['probable_silent_loss']:,} silently, by kernel counters)"
+    if cell.get("uncounted_shortfall"):
+        return (f"{cell['lost_reported']:,} {cell['lost_unit']}, and at least {cell['uncounted_shortfall']:,} "
+                "uncounted (kernel counters)")
     return f"{cell['lost_reported']:,} {cell['lost_unit']}"
 
 

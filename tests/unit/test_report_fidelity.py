@@ -267,6 +267,25 @@ def test_where_the_kernel_cannot_count_losses_the_counters_that_cannot_miss_give
     assert "not countable (probably 3 silently" in (tmp_path / "report.md").read_text()
 
 
+def test_where_the_kernel_counts_losses_a_shortfall_beyond_the_count_is_reported_as_uncounted(tmp_path):
+    # measured on 6.18: the tracepoint fired (ftrace saw it) but no BPF program ran and no miss was
+    # counted; TcpExtTW exposes the missing FIN_WAIT2->CLOSE
+    sides = _perfect()
+    sides["server"]["transitions"]["FIN_WAIT2->CLOSE"] = 98
+    silent = _trial(0, 0.5, sides, lost=0)
+    silent["ground_truth"]["nstat"]["server"]["TcpExtTW"] = 100
+    explained = _trial(1, 0.5, _perfect(), lost=3)  # counted losses explain (at most) their own shortfall
+    explained["observed"]["sides"]["server"]["transitions"]["FIN_WAIT2->CLOSE"] = 99
+    explained["ground_truth"]["nstat"]["server"]["TcpExtTW"] = 100
+    result = next(iter(fidelity(_run(_cell("tracepoint", [silent, explained]))).values()))["churn/tracepoint"]
+    assert result["lost_reported"] == 3 and result["probable_silent_loss"] is None
+    assert result["uncounted_shortfall"] == 2  # the silent trial's 2; the other's 1 is within its 3 counted
+    clean = next(iter(fidelity(_run(_cell("tracepoint", [_trial(0, 0.5, _perfect())]))).values()))
+    assert clean["churn/tracepoint"]["uncounted_shortfall"] == 0
+    write_outputs(tmp_path, _run(_cell("tracepoint", [silent])))
+    assert "at least 2 uncounted" in (tmp_path / "report.md").read_text()
+
+
 def test_compare_takes_one_run_per_kernel_and_says_where_a_backend_cannot_run_or_count():
     a = _paired_run([0.005] * 5, [0.020] * 5)
     b = _paired_run([0.010] * 5, [0.020] * 5)
