@@ -10,6 +10,7 @@ from harness.backends.peers import TOOLS
 from harness.backends.tracepoint import kernel_version
 from harness.kernel import probe
 from tests.conftest import tpbench
+from tests.host import BLIND_CONNECTIONS
 
 pytestmark = pytest.mark.root
 
@@ -56,7 +57,8 @@ def test_state_peers_report_every_churn_transition_or_its_loss(backend, kernel, 
     if kernel_version() >= (6, 7):
         assert observed["lost"] == details["lost_reported_by_tool"] + details["programs"]["recursion_misses"]
         if backend == "bpftrace":  # counts in a kernel map: a run either counts or is a counted miss
-            assert total_expected - total_seen == observed["lost"]
+            # (or, on these hosts, never happens: tests/host.py)
+            assert 0 <= total_expected - total_seen - observed["lost"] <= 3 * BLIND_CONNECTIONS
         else:  # a printed line per event: what is neither printed nor counted would be silent loss
             assert 0 <= total_expected - total_seen - observed["lost"] <= 0.01 * total_expected
     else:
@@ -70,7 +72,7 @@ def test_tcplife_prints_one_line_per_session(kernel, tmp_path):
     assert observed["details"]["drain"]["complete"], observed["details"]["drain"]
     assert 0 < sessions["client"] <= 1000 and 0 < sessions["server"] <= 1000
     if observed["lost"] is not None:  # a row per session, or a lost sample or a skipped run counted
-        assert sum(sessions.values()) >= 2000 - observed["lost"]
+        assert sum(sessions.values()) >= 2000 - observed["lost"] - BLIND_CONNECTIONS  # tests/host.py
     assert observed["details"]["rows"] == sum(sessions.values()) + observed["details"]["foreign_rows"]
 
 
