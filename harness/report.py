@@ -541,7 +541,9 @@ def _fidelity_section(analysis: dict[str, Any]) -> list[str]:
                 out += _md_table(["side", "observer", "counter", "seen", "counted", "seen - counted", "relation",
                                   "why"],
                                  [[c["side"], c["observed"], c["counter"], _n(c["seen"]), _n(c["counted"]),
-                                   f"{c['difference']:+,}", c["relation"],
+                                   f"{c['difference']:+,}",
+                                   c["relation"] + (" (partly invisible here: a bound)"
+                                                    if c.get("partly_invisible") and c["relation"] == "equal" else ""),
                                    c["why"] + (f" (offloads on: {'; '.join(c['offloads_on'])})" if c["offloads_on"] else "")]
                                   for c in cell["kernel_checks"]])
             out.append("")

@@ -286,6 +286,19 @@ def test_where_the_kernel_counts_losses_a_shortfall_beyond_the_count_is_reported
     assert "at least 2 uncounted" in (tmp_path / "report.md").read_text()
 
 
+def test_a_kind_declared_partly_invisible_is_bounded_by_its_counter_not_counted_as_loss(tmp_path):
+    # 6.1: tcp:tcp_send_reset does not fire for a RST to a closed port, which TcpOutRsts counts
+    sides = _perfect()
+    trial = _trial(0, 0.5, sides, lost=0, details={"invisible": {"reset_sent (socketless)": "before 6.10 ..."}})
+    trial["ground_truth"]["nstat"]["server"]["TcpOutRsts"] = 100
+    result = next(iter(fidelity(_run(_cell("tracepoint", [trial]))).values()))["churn/tracepoint"]
+    check = next(c for c in result["kernel_checks"] if c["side"] == "server" and c["counter"] == "TcpOutRsts")
+    assert check["partly_invisible"] and check["shortfall"] is None and check["difference"] == -100
+    assert result["uncounted_shortfall"] == 0
+    write_outputs(tmp_path, _run(_cell("tracepoint", [trial])))
+    assert "partly invisible here: a bound" in (tmp_path / "report.md").read_text()
+
+
 def test_compare_takes_one_run_per_kernel_and_says_where_a_backend_cannot_run_or_count():
     a = _paired_run([0.005] * 5, [0.020] * 5)
     b = _paired_run([0.010] * 5, [0.020] * 5)
