@@ -91,13 +91,13 @@ DEFAULT_FLAVOUR = "raw_tp"  # measured: see the flavour table in README.md
 # The kernel counts a skipped program run (recursion_misses) from this release on, per flavour.
 # trace_call_bpf() (tp, kprobe) since 6.7; __bpf_trace_run() (raw_tp, tp_btf) since "bpf: Prevent bpf
 # program recursion for raw tracepoint probes" (6.0); trampolines (fentry) since 5.12.
+MISSES_COUNTED_FROM = {"tp": (6, 7), "kprobe": (6, 7), "raw_tp": (6, 0), "tp_btf": (6, 0), "fentry": (5, 12)}
 # tcp:tcp_send_reset fires in tcp_v4_send_reset for a RST without a full socket (a closed port, a
 # TIME_WAIT or request socket) only from Linux 6.10 ("tcp: fully support trace_tcp_send_reset");
 # measured on Debian's 6.1: 0 of the server's 100 RSTs to a closed port, the kprobe 100
 SOCKETLESS_RESET_TRACED_FROM = (6, 10)
 SOCKETLESS_RESET_REASON = ("before Linux 6.10 tcp:tcp_send_reset fires only for a RST sent from a full socket, "
                            "not for one sent without a socket (a closed port) or from a TIME_WAIT or request socket")
-MISSES_COUNTED_FROM = {"tp": (6, 7), "kprobe": (6, 7), "raw_tp": (6, 0), "tp_btf": (6, 0), "fentry": (5, 12)}
 # rawtp.bpf.c's struct reads: offset name -> (struct, member, bytes read)
 RAW_FIELDS = {
     "skc_daddr": ("sock_common", "skc_daddr", 4),
@@ -644,7 +644,7 @@ class _Session:
         }
         observation.details.update(self.program.details)
         if "tcp:tcp_send_reset" in self.attached and kernel_version() < SOCKETLESS_RESET_TRACED_FROM:
-            observation.details["invisible"] = {"reset_sent (socketless)": SOCKETLESS_RESET_REASON}
+            observation.details.setdefault("invisible", {})["reset_sent (socketless)"] = SOCKETLESS_RESET_REASON
         if self.program.finish is not None:  # e.g. the kprobe backend's struct-read check
             witness_stats = {name: self._program_stats(name, stats_after) for name in self.witnesses}
             self.program.finish(self, observation, witness_stats)
