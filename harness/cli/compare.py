@@ -1,0 +1,42 @@
+"""tpbench compare: runs side by side (kernels, dates), written to compare.md."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import UsageError
+from .common import add_command
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    compare = add_command(
+        subparsers,
+        "compare",
+        help="runs side by side (kernels, dates): overhead, fidelity, loss and in-kernel cost per cell",
+        epilog="examples:\n  tpbench compare results/20261126T140512-3fa9 results/20261201T090000-77ab\n"
+        "  tpbench compare results/vm-6.1-* results/vm-6.12-* results/host-6.18-matrix-*   (one per kernel)\n"
+        "writes compare.md into the current directory (or --out)",
+    )
+    compare.add_argument("run_dirs", type=Path, nargs="+", metavar="DIR",
+                         help="two or more run folders (or run.json files), e.g. one per kernel")
+    compare.add_argument("-o", "--out", type=Path, default=Path("."), help="folder for compare.md (default .)")
+    compare.set_defaults(handler=cmd_compare)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ..report import compare, load_run
+
+    if len(args.run_dirs) < 2:
+        raise UsageError("compare needs at least two run folders")
+    runs = [(str(path), load_run(path)) for path in args.run_dirs]
+    markdown, lines = compare(runs)
+    target = args.out / "compare.md"
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        target.write_text(markdown)
+    except OSError as exc:
+        raise UsageError(f"cannot write {target}: {exc.strerror}") from None
+    print("\n".join(lines))
+    print(f"\ncompare: {target}")
+    return 0
