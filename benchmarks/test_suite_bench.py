@@ -4,7 +4,7 @@
 Each benchmark alternates a baseline trial (its setup, untimed) with an observer trial (timed), so
 every observer trial has a baseline neighbour in time; the timing is the whole observer trial,
 and what matters is in extra_info: CPU per operation against the paired baseline (median and 95% CI
-from harness.analysis), the operation rates, events seen and lost. `tpbench bench` measures the
+from harness.analysis.stats), the operation rates, events seen and lost. `tpbench bench` measures the
 same suite interleaved across all cells at once and writes benchmark.json in the same format.
 """
 
@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from harness.analysis import analyse
+from harness.analysis.stats import analyse
 from harness.headers import find_headers
 from harness.kernel import probe
 from harness.runner import build_cell, run_trial

@@ -1,6 +1,6 @@
 """Workload generators against the machine's references, on the same veth pair.
 
-- churn: tpbench's churn (its agents' hot loop is C, harness/agents/c/churn.c; 2 client worker
+- churn: tpbench's churn (its agents' hot loop is C, harness/agents/traffic/c/churn.c; 2 client worker
   processes) against a minimal C client/server pair built with gcc (benchmarks/c/churn_ref.c),
   measured the same way (same worker count, server closing first, fresh namespaces per round,
   interleaved rounds); the Python agent (generator=python) is measured alongside. Target: at least

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Mapping
 
+from .tcp import STATE_NAMES
+
 if TYPE_CHECKING:  # agents import this module and must not pay for pyroute2
     from netns import Host
 
@@ -163,19 +165,13 @@ def irq_time_accounting() -> bool:
     return _IRQ_TIME
 
 
-# /proc/net/tcp `st` column (include/net/tcp_states.h), for the settle check
-_TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
-               6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING",
-               12: "NEW_SYN_RECV"}
-
-
 def _tcp_states_here() -> dict[str, int]:
     states: dict[str, int] = {}
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(path) as f:
             next(f)
             for line in f:
-                name = _TCP_STATES.get(int(line.split()[3], 16), "?")
+                name = STATE_NAMES.get(int(line.split()[3], 16), "?")  # the `st` column
                 states[name] = states.get(name, 0) + 1
     return states
 

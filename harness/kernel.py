@@ -24,17 +24,9 @@ from typing import Any
 from . import btf
 from . import headers as headers_module
 from .system import tracefs_mounted
+from .tcp import TRACEPOINTS
 
-# The seven stable TCP tracepoints the seed compares (sock:inet_sock_set_state since 4.16).
-SEED_TRACEPOINTS = (
-    "sock:inet_sock_set_state",
-    "tcp:tcp_retransmit_skb",
-    "tcp:tcp_retransmit_synack",
-    "tcp:tcp_send_reset",
-    "tcp:tcp_receive_reset",
-    "tcp:tcp_destroy_sock",
-    "tcp:tcp_probe",
-)
+SEED_TRACEPOINTS = TRACEPOINTS  # the seven stable TCP tracepoints the seed compares
 
 
 # The kernel functions behind the seed's events, for kprobes and fentry (harness/backends/kprobe.py

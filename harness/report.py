@@ -14,17 +14,18 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import flowmatch, headline, inkernel, preflight, toggle_stats
-from .analysis import analyse, cell_label, workload_key
-from .attribution import attribution
-from .benchjson import benchmark_json
+from . import preflight
+from .analysis import flowmatch, headline, inkernel, toggle_stats
+from .analysis.stats import analyse, cell_label, workload_key
+from .analysis.attribution import attribution
+from .analysis.benchjson import benchmark_json
 from .errors import UsageError
-from .fidelity import fidelity
+from .analysis.fidelity import fidelity
 from .record import SCHEMA_VERSION, write_json_atomic
 from .report_format import (backend_of, crossover_sentence, fidelity_summary, fmt, md_table, pct_ci, signed,
                              toggle_lines)
 from .report_md import render_markdown
-from .visibility import visibility
+from .analysis.visibility import visibility
 
 
 def load_run(path: Path) -> dict[str, Any]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import toggle_stats
-from .fidelity import row_status
+from .analysis import toggle_stats
+from .analysis.fidelity import row_status
 
 
 def backend_of(label: str) -> str:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import flowmatch, headline, preflight
-from .fidelity import row_status
+from . import preflight, tcp
+from .analysis import flowmatch, headline
+from .analysis.fidelity import row_status
 from .report_format import (backend_of, crossover_sentence, fidelity_summary, fmt, md_table, pct_ci, pp_ci, signed,
                             toggle_lines)
 
@@ -343,7 +344,7 @@ def _flows_section(analysis: dict[str, Any]) -> list[str]:
     flows = analysis.get("flows") or {}
     out = ["## Per-flow matching", "",
            f"Totals can hide compensating errors, so a sample of flows is matched one by one: the connections "
-           f"whose client port is a multiple of {flowmatch.FLOW_SAMPLE}, recorded by the workload (port and "
+           f"whose client port is a multiple of {tcp.FLOW_SAMPLE}, recorded by the workload (port and "
            "connect() time) and kept whole by the observer (every event of those ports, with the kernel's "
            "time). An event belongs to the flow on its port that began last before it; each flow and side "
            "is scored against one connection's declared transitions and one sock_destroy (what the observer "
@@ -356,7 +357,7 @@ def _flows_section(analysis: dict[str, Any]) -> list[str]:
     for key, cells in flows.items():
         rows = []
         for label, r in cells.items():
-            for side in flowmatch.SIDES:
+            for side in tcp.SIDES:
                 counts = r["sides"][side]
                 rows.append([label, side, _n(r["flows"]), f"{counts['exact']:,}",
                              *(_n(counts[name]) for name in flowmatch.OUTCOMES[1:]),

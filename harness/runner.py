@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterator
 
 from netns import Topology
 
-from . import counters, flowmatch, preflight
+from . import counters, preflight, tcp
+from .analysis import flowmatch
 from .backends import Backend, get_backend
 from .errors import Interrupted, UsageError
 from .headers import find_headers
@@ -172,7 +173,7 @@ def run_trial(cell: Cell, run_id: str) -> dict[str, Any]:
 
 
 # States in which a socket's remaining transitions need no further action by anyone.
-_SETTLED_STATES = frozenset({"TIME_WAIT", "LISTEN", "CLOSE_WAIT"})
+_SETTLED_STATES = frozenset({tcp.TIME_WAIT, tcp.LISTEN, tcp.CLOSE_WAIT})
 
 
 def settle(topology: Topology, timeout_s: float = 3.0) -> dict[str, Any]:

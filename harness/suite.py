@@ -61,7 +61,7 @@ TOGGLED: tuple[tuple[str, dict[str, str], float, str], ...] = (
 # tcpstates/tcplife need against a SYN/FIN/RST capture; `full`, every hook including per-segment
 # tcp_probe against every header. `c`: the tracepoint backend's libbpf ring-buffer consumer against
 # libpcap in C (pcap_consumer.c), both decoding as they read; `python`: a Python callback per ring
-# record (agents/ringbuf_py_consumer.py, bcc's RingBuf path) against pcapy-ng's per-packet callback.
+# record (agents/observers/ringbuf_py_consumer.py, bcc's RingBuf path) against pcapy-ng's per-packet callback.
 TOGGLED_ARMS: dict[tuple[str, str], tuple[tuple[str, dict[str, str]], ...]] = {
     ("state", "c"): (("tracepoint", {"hooks": "state+destroy"}), ("pcap", {"filter": "state", "consumer": "c"})),
     ("full", "c"): (("tracepoint", {"hooks": "all"}), ("pcap", {"filter": "full", "consumer": "c"})),

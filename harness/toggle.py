@@ -34,7 +34,8 @@ from typing import Any, Callable
 
 from netns import Topology
 
-from . import counters, toggle_stats
+from . import counters
+from .analysis import toggle_stats
 from .backends import Backend, get_backend
 from .backends.processes import task_runtime_ns as _task_ns
 from .counters import CPUACCT_USAGE

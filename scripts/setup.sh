@@ -58,7 +58,7 @@ echo "$(pwd)/.venv/bcc-only" > "$site/tpbench-bcc-only.pth"
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
-# The agents whose hot loop is C (harness/agents/c/), into .venv/libexec/tpbench/
+# The agents whose hot loop is C (harness/agents/traffic/c/), into .venv/libexec/tpbench/
 .venv/bin/python -c "from harness.workloads.native import main; main()"
 
 .venv/bin/python - <<'PY'

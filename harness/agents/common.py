@@ -32,7 +32,7 @@ def traffic_parser(doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
-COUNTER_STRIDE = 8  # 64-bit slots per writer: one 64-byte cache line each (as in agents/c/churn.c)
+COUNTER_STRIDE = 8  # 64-bit slots per writer: one 64-byte cache line each (as in agents/traffic/c/churn.c)
 
 
 def open_counter(path: str | None, slot: int = 0):

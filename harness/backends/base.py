@@ -22,26 +22,11 @@ from netns import Topology
 from ..kernel import KernelProbe
 from ..params import Param
 
-# The common event schema's kinds (see DESIGN.md); every backend maps what it sees into these.
-EVENT_KINDS = (
-    "state_change",
-    "retransmit",
-    "synack_retransmit",
-    "reset_sent",
-    "reset_received",
-    "sock_destroy",
-    "probe",
-)
-
-
 @dataclass(frozen=True)
 class Availability:
     available: bool
     reason: str
     missing_hooks: tuple[str, ...] = ()
-
-
-SIDES = ("client", "server")
 
 
 @dataclass
@@ -60,6 +45,13 @@ class Observation:
     sides: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # side -> events/transitions
     lost: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, side: str, table: str, name: str, n: int) -> None:
+        """Count n of `name` in `table` ("events" or "transitions"), in the total and for `side`."""
+        total = self.events if table == "events" else self.transitions
+        total[name] = total.get(name, 0) + n
+        per_side = self.sides.setdefault(side, {"events": {}, "transitions": {}})[table]
+        per_side[name] = per_side.get(name, 0) + n
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

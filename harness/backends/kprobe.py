@@ -39,6 +39,7 @@ from ..errors import UsageError
 from ..headers import find_headers, header_file
 from ..kernel import KernelProbe, _btf_func_id, attach_by_btf_id, load_fentry, probe_tracepoints, resolve_functions
 from ..params import Param, names_check, parse_names
+from ..tcp import HOOKS as TCP_HOOKS
 from .base import Availability, Observation
 from .tracepoint import MISSES_COUNTED_FROM, BackendError, Program, TracepointBackend, _Session, kernel_version, tracepoint_flags
 from .witness import CHECK_SLOTS, FIELD_NAMES, summarize_check, witness_fidelity  # noqa: F401 (re-exported)
@@ -55,21 +56,22 @@ class Hook:
     tracepoint_conditional: str | None = None
 
 
+_TP = {short: tracepoint for short, (tracepoint, _) in TCP_HOOKS.items()}
 HOOKS = {
-    "state": Hook("state_change", ("tcp_set_state",), "sock:inet_sock_set_state"),
-    "state_other": Hook("state_change", ("inet_sk_set_state",), "sock:inet_sock_set_state"),
-    "listen": Hook("state_change", ("inet_csk_listen_start",), "sock:inet_sock_set_state"),
-    "retransmit": Hook("retransmit", ("__tcp_retransmit_skb", "tcp_retransmit_skb"), "tcp:tcp_retransmit_skb",
+    "state": Hook("state_change", ("tcp_set_state",), _TP["state"]),
+    "state_other": Hook("state_change", ("inet_sk_set_state",), _TP["state"]),
+    "listen": Hook("state_change", ("inet_csk_listen_start",), _TP["state"]),
+    "retransmit": Hook("retransmit", ("__tcp_retransmit_skb", "tcp_retransmit_skb"), _TP["retransmit"],
                        "before 6.x the tracepoint fires only for a retransmission that left (err == 0)"),
-    "synack": Hook("synack_retransmit", ("tcp_rtx_synack",), "tcp:tcp_retransmit_synack",
+    "synack": Hook("synack_retransmit", ("tcp_rtx_synack",), _TP["synack"],
                    "the tracepoint fires only when the SYN-ACK was sent"),
-    "send_reset": Hook("reset_sent", ("tcp_v4_send_reset",), "tcp:tcp_send_reset",
+    "send_reset": Hook("reset_sent", ("tcp_v4_send_reset",), _TP["send_reset"],
                        "before 6.10 the tracepoint fires only for a full socket (not TIME_WAIT/request, "
                        "not socketless)"),
-    "active_reset": Hook("reset_sent", ("tcp_send_active_reset",), "tcp:tcp_send_reset"),
-    "receive_reset": Hook("reset_received", ("tcp_reset",), "tcp:tcp_receive_reset"),
-    "destroy": Hook("sock_destroy", ("tcp_v4_destroy_sock",), "tcp:tcp_destroy_sock"),
-    "probe": Hook("probe", ("tcp_rcv_established",), "tcp:tcp_probe"),
+    "active_reset": Hook("reset_sent", ("tcp_send_active_reset",), _TP["send_reset"]),
+    "receive_reset": Hook("reset_received", ("tcp_reset",), _TP["receive_reset"]),
+    "destroy": Hook("sock_destroy", ("tcp_v4_destroy_sock",), _TP["destroy"]),
+    "probe": Hook("probe", ("tcp_rcv_established",), _TP["probe"]),
 }
 ALL_FUNCTIONS = tuple(dict.fromkeys(f for hook in HOOKS.values() for f in hook.candidates))
 

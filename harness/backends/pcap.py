@@ -18,7 +18,7 @@ Consumers (`-p consumer=...`, both measured):
   python   pcapy-ng (a maintained binding whose wheel bundles libpcap 1.9.1, so no libpcap-dev or
            compiler is needed, unlike python-libpcap) in a capture agent started in the server's
            namespace, decoding every packet in a Python callback and inferring as it goes
-           (harness/agents/pcap_capture.py): what a Python tool costs. A process rather than a
+           (harness/agents/observers/pcap_capture.py): what a Python tool costs. A process rather than a
            thread: its CPU time is the consumer's alone, it cannot contend for the runner's GIL,
            and a hung capture is killed with the namespace.
   tcpdump  tcpdump (Debian's, on the system libpcap) writing the headers to a pcap file on tmpfs,
@@ -26,7 +26,7 @@ Consumers (`-p consumer=...`, both measured):
   c        pcap_consumer.c, libpcap in C (Debian's libpcap, built with -lpcap), decoding every packet
            as it reads and counting it by direction and flags (SYN, SYN-ACK, FIN, RST): the like of
            the tracepoint backend's C ring-buffer consumer, for the toggled measurement only.
-The python and tcpdump consumers feed the same inference (harness/agents/pcap_infer.py), so they differ only in
+The python and tcpdump consumers feed the same inference (harness/decoders/pcap_infer.py), so they differ only in
 how packets reach it.
 
 Costs: the consumer's CPU time (rusage of the reaped process); the kernel side (AF_PACKET taps,
@@ -51,15 +51,15 @@ from typing import Any
 
 from netns import Host, Topology
 
-from ..agents.pcap_infer import (ASSUMPTIONS, INVISIBLE, INVISIBLE_STATE_FILTER, MIN_SNAPLEN, FlowTracker,
+from ..decoders.pcap_infer import (ASSUMPTIONS, INVISIBLE, INVISIBLE_STATE_FILTER, MIN_SNAPLEN, FlowTracker,
                                  decode_ethernet, realtime_to_monotonic)
-from ..flowmatch import FLOW_SAMPLE
 from ..errors import UsageError
 from ..kernel import KernelProbe
 from ..params import Param
 from ..system import die_with_runner
 from .processes import DeferredCpu, cached_binary, kill, process_cpu_s, read_line, reap
-from .base import EVENT_KINDS, SIDES, Availability, Observation
+from ..tcp import EVENT_KINDS, FLOW_SAMPLE, SIDES
+from .base import Availability, Observation
 
 FILTERS = {
     "state": "tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0",
@@ -139,9 +139,9 @@ def observation_from(result: dict[str, Any], details: dict[str, Any], filter_nam
 
 
 def capture_agent_argv(config: dict[str, Any], *extra: str) -> list[str]:
-    """The Python capture agent's command line for a capture config (harness/agents/pcap_capture.py)."""
+    """The Python capture agent's command line for a capture config (harness/agents/observers/pcap_capture.py)."""
     return [
-        sys.executable, "-m", "harness.agents.pcap_capture", *extra,
+        sys.executable, "-m", "harness.agents.observers.pcap_capture", *extra,
         "--interface", config["interface"], "--expression", config["expression"],
         "--snaplen", str(config["snaplen"]), "--buffer-bytes", str(config["buffer_bytes"]),
         "--timeout-ms", str(config["timeout_ms"]),

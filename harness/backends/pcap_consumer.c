@@ -10,7 +10,7 @@
 // Every packet is decoded as it is read (Ethernet, IPv4, TCP) and counted by direction and by
 // what its flags say about connection state: SYN, SYN-ACK, FIN, RST, other.
 //
-// Switched protocol (JSON lines; the same as harness/agents/pcap_capture.py --switched):
+// Switched protocol (JSON lines; the same as harness/agents/observers/pcap_capture.py --switched):
 //   {"ready": true, "pid": N, "libpcap": "..."}   nothing open yet
 //   "on"  -> opens the capture      -> {"on": true}
 //   "off" -> freezes the socket (a reject-all kernel filter: nothing more enters the ring), reads

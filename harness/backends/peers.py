@@ -44,12 +44,12 @@ from typing import Any, Callable
 
 from netns import Topology
 
-from ..flowmatch import STATE_NAMES
 from ..headers import KernelHeaders, header_candidates
 from ..kernel import KernelProbe
 from ..params import Param
 from ..system import die_with_runner
-from .base import SIDES, Availability, Observation
+from ..tcp import SIDES, arrow, state_name
+from .base import Availability, Observation
 from .processes import DeferredCpu, kill, process_cpu_s, reap
 from .tracepoint import MISSES_COUNTED_FROM, BackendError, kernel_version
 
@@ -158,7 +158,7 @@ def _bpftrace(lines: list[str], sides: dict[str, str]) -> Parsed:
             continue
         address, old, new, count = match.groups()
         out.rows += 1
-        transition = f"{STATE_NAMES.get(int(old), old)}->{STATE_NAMES.get(int(new), new)}"
+        transition = arrow(state_name(int(old)), state_name(int(new)))
         out.add(sides.get(address), "state_change", transition, int(count))
     return out
 

@@ -6,7 +6,7 @@
 // harness, counts events in fixed arrays (memory does not grow with the event rate) and, when
 // its stdin closes, drains the ring once more and prints one JSON object on stdout.
 //
-// Per-flow matching (harness/flowmatch.py) needs events, not counts, so it samples: every event of
+// Per-flow matching (harness/analysis/flowmatch.py) needs events, not counts, so it samples: every event of
 // a connection whose client port is a multiple of FLOW_SAMPLE is kept (time, side, kind, states,
 // port) in a fixed array, the rest of the flows are only counted. A destroy whose socket's
 // addresses tcp_disconnect() cleared carries port 0: the socket's kernel address, remembered from
@@ -43,7 +43,7 @@ _Static_assert(sizeof(struct event) == 56, "struct event must match tracepoint.b
 #define ATTR_SLOTS 4096 // distinct (side, kind, pid, comm): bounded; the rest counted as overflow
 
 #define KIND_SOCK_DESTROY 5 // tcp_events.bpf.h
-#define FLOW_SAMPLE 64      // harness/flowmatch.py and harness/agents/c/churn.c use the same
+#define FLOW_SAMPLE 64      // harness/analysis/flowmatch.py and harness/agents/traffic/c/churn.c use the same
 #define FLOW_EVENTS 65536
 #define SK_SLOTS 65536
 

@@ -32,7 +32,7 @@ from ..params import Param
 from ..system import die_with_runner
 from .base import Availability, Observation
 from .processes import DeferredCpu, kill, read_line, reap
-from .sockdiag_infer import misses
+from ..decoders.sockdiag_infer import misses
 
 START_TIMEOUT_S = 15.0
 RESULT_TIMEOUT_S = 60.0
@@ -61,7 +61,7 @@ class _Pollers:
         keep = [arg for host in topology.hosts for arg in ("--keep", host.address)]
         try:
             for host in topology.hosts:
-                argv = [sys.executable, "-m", "harness.agents.sockdiag_poller",
+                argv = [sys.executable, "-m", "harness.agents.observers.sockdiag_poller",
                         "--interval-ms", repr(self.interval_ms), *keep]
                 self.processes[host.role] = host.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                                        stderr=subprocess.PIPE, start_new_session=True,

@@ -4,7 +4,7 @@ What perf's ftrace mode and trace-cmd do: the same stable tracepoints as the `tr
 (sock:inet_sock_set_state since 4.16, the tcp:* ones since 4.15/4.16) enabled in a private tracefs
 instance (instances/<name>, Linux 4.2+; a private ring buffer, nobody else's tracing touched), a
 kernel-side event filter per event (events/<cat>/<name>/filter), and the binary per-CPU pages read
-from per_cpu/cpuN/trace_pipe_raw by a reader process (harness/agents/tracefs_reader.py; the page
+from per_cpu/cpuN/trace_pipe_raw by a reader process (harness/agents/observers/tracefs_reader.py; the page
 format is decoded in tracefs_ring.py). What it shows beside the BPF backends: the tracepoint is the
 same, the in-kernel work is ftrace's generic one (filter, then copy every field of every matching
 event into the ring), and all counting happens in user space.
@@ -41,10 +41,11 @@ from ..errors import UsageError
 from ..kernel import KernelProbe, probe_tracepoints
 from ..params import Param
 from ..system import die_with_runner, tracefs_path
-from .base import EVENT_KINDS, Availability, Observation
+from ..tcp import EVENT_KINDS, TRACEPOINT_KINDS as KINDS, transition
+from .base import Availability, Observation
 from .processes import DeferredCpu, kill, read_line, reap
-from .tracefs_ring import DEFAULT_LAYOUT, KINDS, native_u32, page_header_layout
-from .tracepoint import HOOKS, _add, _check_hooks, _transition, parse_hooks
+from ..decoders.tracefs_ring import DEFAULT_LAYOUT, native_u32, page_header_layout
+from .tracepoint import HOOKS, _check_hooks, parse_hooks
 
 INSTANCE_PREFIX = "tpb"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -164,7 +165,7 @@ class _Session:
             "server": native_u32(topology.server.address),
             "events": events,
         }
-        argv = [sys.executable, "-m", "harness.agents.tracefs_reader", json.dumps(self.config)]
+        argv = [sys.executable, "-m", "harness.agents.observers.tracefs_reader", json.dumps(self.config)]
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         start_new_session=True, cwd=Path(__file__).resolve().parents[2],
                                         preexec_fn=die_with_runner)
@@ -199,9 +200,9 @@ class _Session:
         lost_ring = sum(sum(v.values()) for v in lost_by_cpu.values())
         observation = Observation()
         for side, kind, old, new, n in result["counts"]:
-            _add(observation, side, "events", kind, n)
+            observation.add(side, "events", kind, n)
             if kind == "state_change":
-                _add(observation, side, "transitions", _transition(old, new), n)
+                observation.add(side, "transitions", transition(old, new), n)
         events_read = sum(n for *_, n in result["counts"]) + sum(result["filtered_user_space"].values()) \
             + result["not_tcp"]
         # a page marked "missed" without a stored count is already in the stats; never add both

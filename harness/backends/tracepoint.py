@@ -48,34 +48,26 @@ from typing import Any, Callable
 
 from netns import Topology
 
-from .. import btf, flowmatch
+from .. import btf
+from ..analysis import flowmatch
+from ..tcp import EVENT_KINDS, HOOKS as TCP_HOOKS, NSTATES, SIDE_NAMES, transition
 from ..errors import UsageError
 from ..headers import find_headers, header_file
 from ..kernel import KernelProbe, attach_by_btf_id, load_tp_btf, probe_ringbuf, probe_tracepoints
 from ..params import Param, names_check, parse_names
 from ..system import die_with_runner, sysctl_set
 from .processes import DeferredCpu, cached_binary
-from .tracefs_ring import native_u32
-from .base import EVENT_KINDS, SIDES, Availability, Observation
+from ..decoders.tracefs_ring import native_u32
+from .base import Availability, Observation
 from .witness import witness_fidelity
 
 SOURCE = Path(__file__).with_name("tracepoint.bpf.c")
 RAW_SOURCE = Path(__file__).with_name("rawtp.bpf.c")
 CONSUMER_SOURCE = Path(__file__).with_name("ringbuf_consumer.c")
 
-# short name -> tracepoint; `-p hooks=state+destroy` selects some, `all` (default) every one
-HOOKS = {
-    "state": "sock:inet_sock_set_state",
-    "retransmit": "tcp:tcp_retransmit_skb",
-    "synack": "tcp:tcp_retransmit_synack",
-    "send_reset": "tcp:tcp_send_reset",
-    "receive_reset": "tcp:tcp_receive_reset",
-    "destroy": "tcp:tcp_destroy_sock",
-    "probe": "tcp:tcp_probe",
-}
-HOOK_KINDS = {"state": "state_change", "retransmit": "retransmit", "synack": "synack_retransmit",
-              "send_reset": "reset_sent", "receive_reset": "reset_received", "destroy": "sock_destroy",
-              "probe": "probe"}
+# short name -> tracepoint (harness.tcp.HOOKS); `-p hooks=state+destroy` selects some, `all` (default) every one
+HOOKS = {name: tracepoint for name, (tracepoint, _) in TCP_HOOKS.items()}
+HOOK_KINDS = {name: kind for name, (_, kind) in TCP_HOOKS.items()}
 # How the programs enter the tracepoints (`-p flavour=...`):
 #   tp      classic tracepoint programs (BPF_PROG_TYPE_TRACEPOINT): the kernel assembles the
 #           event's record (TP_fast_assign) and the program reads it. Run by trace_call_bpf(),
@@ -116,9 +108,6 @@ RAW_FIELDS = {
     "skb_protocol": ("sk_buff", "protocol", 2),
 }
 _SPAN_LIMIT = 64  # bytes one bpf_probe_read_kernel may copy to the stack in read_sock()
-STATE_NAMES = flowmatch.STATE_NAMES  # include/net/tcp_states.h
-SIDE_NAMES = (*SIDES, "other")  # "other": the local address is neither of the pair's
-NSTATES = 16
 EVENT_SIZE = 56
 _KEY = struct.Struct("<I4B")  # pid, kind, side, oldstate, newstate: bytes 16..24 of an event
 POLL_TIMEOUT_MS = 20
@@ -402,7 +391,7 @@ class _CConsumer:
 
 
 class _PyProcessConsumer:
-    """agents/ringbuf_py_consumer.py: libbpf's ring_buffer__poll calling a Python function per record
+    """agents/observers/ringbuf_py_consumer.py: libbpf's ring_buffer__poll calling a Python function per record
     (the path bcc's RingBuf takes), in a process of its own. Used by the toggled measurement, which
     must attribute the consumer's CPU and wait for its backlog at each switch-off."""
 
@@ -410,7 +399,7 @@ class _PyProcessConsumer:
 
     def __init__(self, bpf: Any):
         fd = bpf["events"].map_fd
-        self.process = subprocess.Popen([sys.executable, "-m", "harness.agents.ringbuf_py_consumer", str(fd)],
+        self.process = subprocess.Popen([sys.executable, "-m", "harness.agents.observers.ringbuf_py_consumer", str(fd)],
                                         pass_fds=(fd,), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True, start_new_session=True,
                                         preexec_fn=die_with_runner)
@@ -712,19 +701,19 @@ class _Session:
             for kind_index, kind in enumerate(EVENT_KINDS):
                 n = kinds[side_index * len(EVENT_KINDS) + kind_index]
                 if n:
-                    _add(observation, side, "events", kind, n)
+                    observation.add(side, "events", kind, n)
             for old in range(NSTATES):
                 for new in range(NSTATES):
                     n = transitions[(side_index * NSTATES + old) * NSTATES + new]
                     if n:
-                        _add(observation, side, "transitions", _transition(old, new), n)
+                        observation.add(side, "transitions", transition(old, new), n)
 
     def _decode_stream(self, observation: Observation, consumed: dict[str, Any]) -> list[dict[str, Any]]:
         for (side, kind, old, new), n in consumed["counts"].items():
             side_name = SIDE_NAMES[side] if side < len(SIDE_NAMES) else "other"
-            _add(observation, side_name, "events", EVENT_KINDS[kind], n)
+            observation.add(side_name, "events", EVENT_KINDS[kind], n)
             if EVENT_KINDS[kind] == "state_change":
-                _add(observation, side_name, "transitions", _transition(old, new), n)
+                observation.add(side_name, "transitions", transition(old, new), n)
         attribution = [
             {"side": SIDE_NAMES[side], "kind": EVENT_KINDS[kind], "pid": pid, "comm": comm, "count": n}
             for (side, kind, pid, comm), n in consumed["attribution"].items()
@@ -754,17 +743,6 @@ def kernel_version(release: str | None = None) -> tuple[int, int]:
     """(major, minor) of the running kernel: `6.1.0-27-amd64` -> (6, 1)."""
     match = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
     return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
-
-
-def _transition(old: int, new: int) -> str:
-    return f"{STATE_NAMES.get(old, str(old))}->{STATE_NAMES.get(new, str(new))}"
-
-
-def _add(observation: Observation, side: str, table: str, name: str, n: int) -> None:
-    total = observation.events if table == "events" else observation.transitions
-    total[name] = total.get(name, 0) + n
-    per_side = observation.sides.setdefault(side, {"events": {}, "transitions": {}})[table]
-    per_side[name] = per_side.get(name, 0) + n
 
 
 class _TracepointSwitch:

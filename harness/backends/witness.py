@@ -13,7 +13,7 @@ import socket
 import struct
 from typing import Any
 
-from .base import EVENT_KINDS
+from ..tcp import EVENT_KINDS
 
 # witness.bpf.h's check slots per kind: matched, tracepoint unpaired, observer unpaired, then fields
 FIELD_NAMES = ("oldstate", "newstate", "saddr", "daddr", "sport", "dport", "family", "snd_cwnd")

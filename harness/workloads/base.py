@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from netns import Host, Topology
 
 from ..params import Param
+from ..tcp import ACTIVE_CLOSE, OPEN, PASSIVE_CLOSE, SIDES
 from ..system import die_with_runner
 
 
@@ -34,21 +35,6 @@ from ..system import die_with_runner
 #   inexact       event kind or nstat name -> why no exact count is declared for it
 EXPECTATION_KEYS = ("transitions", "events", "nstat", "at_least", "equals_nstat", "inexact")
 
-# The state transitions of one connection, by phase and role. The server's child socket is cloned
-# from the listener, hence LISTEN->SYN_RECV. A socket entering TIME_WAIT (or an orphaned FIN_WAIT2)
-# becomes a timewait sock, which takes no tcp_set_state: FIN_WAIT2->CLOSE is the full socket's last
-# transition, whether the peer's FIN came before or with the ACK of our own.
-OPEN = {
-    "client": {"CLOSE->SYN_SENT": 1, "SYN_SENT->ESTABLISHED": 1},
-    "server": {"LISTEN->SYN_RECV": 1, "SYN_RECV->ESTABLISHED": 1},
-}
-ACTIVE_CLOSE = {"ESTABLISHED->FIN_WAIT1": 1, "FIN_WAIT1->FIN_WAIT2": 1, "FIN_WAIT2->CLOSE": 1}
-PASSIVE_CLOSE = {"ESTABLISHED->CLOSE_WAIT": 1, "CLOSE_WAIT->LAST_ACK": 1, "LAST_ACK->CLOSE": 1}
-# SO_LINGER {1, 0} on the aborting side (tcp_disconnect), and tcp_reset on the peer.
-ABORT = {"ESTABLISHED->CLOSE": 1}
-# A listening socket, once per trial.
-LISTENER = {"CLOSE->LISTEN": 1, "LISTEN->CLOSE": 1}
-SIDES = ("client", "server")
 
 
 def connection_transitions(closer: str) -> dict[str, dict[str, int]]:
@@ -119,7 +105,7 @@ class GroundTruth:
     pids: dict[str, list[int]] = field(default_factory=dict)  # role -> pids that made the traffic
     latency: dict[str, Any] | None = None  # per-operation latency summary
     cpu_ticks: dict[str, dict[str, int]] | None = None  # /proc/stat around the loop: before, after
-    flows: dict[str, Any] | None = None  # sampled per-flow ground truth (harness/flowmatch.py)
+    flows: dict[str, Any] | None = None  # sampled per-flow ground truth (harness/analysis/flowmatch.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,7 +124,7 @@ class Agent:
     """A `harness.agents.<module>` process (or a native one) inside a host's namespace, speaking JSON lines."""
 
     def __init__(self, host: Host, module: str, args: list[str], executable: Path | None = None):
-        """executable: a native agent (harness/agents/c/) speaking the same JSON lines."""
+        """executable: a native agent (harness/agents/traffic/c/) speaking the same JSON lines."""
         self.host = host
         if executable is not None:
             self.argv = [str(executable), *args]

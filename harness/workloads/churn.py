@@ -14,8 +14,8 @@ from typing import Any
 from netns import Host, Topology
 
 from ..params import Param
+from ..tcp import LISTENER
 from .base import (
-    LISTENER,
     Agent,
     GroundTruth,
     WorkloadError,
@@ -26,7 +26,7 @@ from .base import (
     scaled,
     side_expectation,
 )
-from .. import flowmatch
+from ..analysis import flowmatch
 from .native import agent_binary
 
 PORT = 7000
@@ -158,8 +158,8 @@ class Churn:
               minimum=0, maximum=16 << 20),
         Param("rate", float, 0.0, "target connections/s in total (0: as fast as possible)",
               minimum=0, maximum=10_000_000),
-        Param("generator", str, "c", "the agents' hot loop: c (harness/agents/c/churn.c, built by make "
-              "setup) or python (harness/agents/churn.py)", choices=("c", "python")),
+        Param("generator", str, "c", "the agents' hot loop: c (harness/agents/traffic/c/churn.c, built by make "
+              "setup) or python (harness/agents/traffic/churn.py)", choices=("c", "python")),
     )
 
     def run(self, topology: Topology, params: dict[str, Any]) -> GroundTruth:

@@ -5,7 +5,7 @@ A trial (harness/runner.py) runs a workload to completion in fresh namespaces; t
 measurement (harness/toggle.py) instead keeps one workload running for the whole comparison and
 switches observers on and off under it. For that the agents run in live mode (no count of their
 own: they stop when the harness closes their stdin) and publish their progress in a shared file,
-one 64-bit slot per writer on its own cache line (agents/common.py, agents/c/churn.c): reading the
+one 64-bit slot per writer on its own cache line (agents/common.py, agents/traffic/c/churn.c): reading the
 count is a memory load here, no syscall in the measured processes, no process spawned per sample.
 
 Supported: churn (the C generator), rr and stream (the Python agents), with the same parameters

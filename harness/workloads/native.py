@@ -1,4 +1,4 @@
-"""Agents whose hot loop is C (harness/agents/c/*.c), built with gcc by `make setup`.
+"""Agents whose hot loop is C (harness/agents/traffic/c/*.c), built with gcc by `make setup`.
 
 A binary lives in <venv>/libexec/tpbench/ and is rebuilt here, on first use, when it is missing
 or older than its source (gcc is one of the Debian packages `make setup` installs). Building is
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .base import WorkloadError
 
-SOURCES = Path(__file__).resolve().parent.parent / "agents" / "c"
+SOURCES = Path(__file__).resolve().parent.parent / "agents" / "traffic" / "c"
 BUILD_DIR = Path(sys.prefix) / "libexec" / "tpbench"
 CFLAGS = ("-O2", "-Wall", "-Wextra")
 

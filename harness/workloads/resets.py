@@ -19,10 +19,8 @@ from netns import Topology
 
 from ..errors import UsageError
 from ..params import Param
+from ..tcp import ABORT, LISTENER, OPEN, REFUSED
 from .base import (
-    ABORT,
-    LISTENER,
-    OPEN,
     Agent,
     GroundTruth,
     WorkloadError,
@@ -36,7 +34,6 @@ from .churn import NO_LOSS_RETRANSMITS, delivery
 
 PORT = 7003
 CLOSED_PORT = 7004  # nothing ever listens here
-REFUSED = {"CLOSE->SYN_SENT": 1, "SYN_SENT->CLOSE": 1}
 
 
 def expected_events(aborts: int, refused: int) -> dict[str, Any]:

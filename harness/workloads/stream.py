@@ -19,8 +19,8 @@ from typing import Any
 from netns import Topology
 
 from ..params import Param
+from ..tcp import LISTENER
 from .base import (
-    LISTENER,
     Agent,
     GroundTruth,
     WorkloadError,

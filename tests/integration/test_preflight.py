@@ -77,7 +77,7 @@ def test_an_orphaned_agent_is_a_leftover_until_cleanup_kills_it(tmp_path):
     # a generator that outlived its run (started detached, as by an older tpbench): its command
     # line names a tpbench agent module; it is no child of the run that finds it
     launcher = subprocess.run(
-        ["sh", "-c", f"{sys.executable} -c 'import time; time.sleep(120)' -m harness.agents.churn >/dev/null 2>&1 & "
+        ["sh", "-c", f"{sys.executable} -c 'import time; time.sleep(120)' -m harness.agents.traffic.churn >/dev/null 2>&1 & "
                      "echo $!"], capture_output=True, text=True, check=True)
     orphan = int(launcher.stdout.strip())
     try:

@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from harness.analysis import analyse, estimate
-from harness.benchjson import benchmark_json
+from harness.analysis.stats import analyse, estimate
+from harness.analysis.benchjson import benchmark_json
 from tests.conftest import tpbench
 
 
@@ -118,7 +118,7 @@ def test_two_paired_trials_compare_as_too_few_without_a_direction():
 
 
 def test_an_observers_deferred_work_is_inside_its_cost_per_operation():
-    from harness.analysis import METRICS
+    from harness.analysis.stats import METRICS
 
     trial = {"operations": 1000, "cpu_seconds": {"cpu": 0.05, "busy": 0.05},
              "observed": {"details": {"deferred_cpu_s": 0.04}}}

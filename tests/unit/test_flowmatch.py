@@ -2,7 +2,7 @@
 
 import struct
 
-from harness import flowmatch
+from harness.analysis import flowmatch
 from harness.workloads.base import connection_transitions
 
 CLOSE, SYN_SENT, ESTABLISHED, SYN_RECV = 7, 2, 1, 3

@@ -1,6 +1,6 @@
 """The one-screen summary: level x consumer rows, per-event cost, the peers beside them."""
 
-from harness import headline
+from harness.analysis import headline
 
 
 def _analysis():

@@ -1,6 +1,6 @@
-"""harness/inkernel.py: bpf_stats ns/event per cell and the observer's multiple of its empty twin."""
+"""harness/analysis/inkernel.py: bpf_stats ns/event per cell and the observer's multiple of its empty twin."""
 
-from harness import inkernel
+from harness.analysis import inkernel
 
 
 def _cell(backend: str, ns: list[float], **params) -> dict:

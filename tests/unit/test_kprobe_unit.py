@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.backends.base import EVENT_KINDS
+from harness.tcp import EVENT_KINDS
 from harness.backends.kprobe import CHECK_SLOTS, FIELD_NAMES, HOOKS, cross_check, resolve_hooks, summarize_check
 from harness.backends.tracepoint import bpf_source
 from harness.kernel import resolve_functions

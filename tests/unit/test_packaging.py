@@ -22,5 +22,7 @@ def test_the_wheel_carries_every_c_source_under_harness(tmp_path):
     [wheel] = (tmp_path / "dist").glob("tpbench-*.whl")
     inside = set(zipfile.ZipFile(wheel).namelist())
     sources = {p.relative_to(tree).as_posix() for p in (tree / "harness").rglob("*") if p.suffix in (".c", ".h")}
-    assert {"harness/agents/c/churn.c", "harness/backends/ringbuf_consumer.c"} <= sources
+    assert {"harness/agents/traffic/c/churn.c", "harness/backends/ringbuf_consumer.c"} <= sources
     assert sources - inside == set()
+    modules = {p.relative_to(tree).as_posix() for d in ("harness", "netns") for p in (tree / d).rglob("*.py")}
+    assert modules - inside == set()  # every package is listed in pyproject.toml's [tool.setuptools] packages

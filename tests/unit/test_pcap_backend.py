@@ -7,9 +7,9 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
-from harness.agents.pcap_infer import INVISIBLE_STATE_FILTER, MIN_SNAPLEN
+from harness.decoders.pcap_infer import INVISIBLE_STATE_FILTER, MIN_SNAPLEN
 from harness.backends import BACKENDS
-from harness.backends.base import EVENT_KINDS
+from harness.tcp import EVENT_KINDS
 from harness.backends.pcap import FILTERS, VISIBLE_KINDS, CaptureError, observation_from, read_capture_file
 from harness.errors import UsageError
 from harness.params import resolve

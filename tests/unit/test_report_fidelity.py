@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from harness.attribution import attribution
-from harness.fidelity import fidelity, row_status
+from harness.analysis.attribution import attribution
+from harness.analysis.fidelity import fidelity, row_status
 from harness.report import compare, full_analysis, load_run, tracepoint_vs_pcap, write_outputs
 from harness.record import write_json_atomic
-from harness.visibility import visibility
+from harness.analysis.visibility import visibility
 
 TP_LOST = "none expected on a loss-free veth"
 

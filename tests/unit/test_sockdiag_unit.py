@@ -1,7 +1,7 @@
 """The sockdiag backend's inference from successive socket snapshots (synthetic, no root)."""
 
 from harness.backends.sockdiag import _check_interval
-from harness.backends.sockdiag_infer import SnapshotDiff, misses, parse_tcp_snmp
+from harness.decoders.sockdiag_infer import SnapshotDiff, misses, parse_tcp_snmp
 
 LISTEN, SYN_SENT, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT = 10, 2, 1, 4, 5, 8
 

@@ -11,7 +11,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from harness.agents.pcap_infer import (
+from harness.decoders.pcap_infer import (
     ACK, FIN, MIN_SNAPLEN, PSH, RST, SYN, FlowTracker, Segment, decode_ethernet,
 )
 
@@ -359,7 +359,7 @@ def test_a_retransmission_overlapping_a_gap_and_seen_space_counts():
 def test_sampled_flows_keep_their_transitions_with_time_and_match_flow_by_flow():
     """Flows whose client port is a multiple of the sample keep each transition with its packet's
     time, as sides and state numbers the BPF record uses; flowmatch then scores them like BPF's."""
-    from harness import flowmatch
+    from harness.analysis import flowmatch
     from harness.workloads.base import connection_transitions
 
     times = iter(range(1000, 100000, 10))

@@ -4,7 +4,7 @@ import random
 
 import numpy as np
 
-from harness import toggle_stats
+from harness.analysis import toggle_stats
 
 
 def _entry(values: list[tuple[int, str, float, float]], own: dict[str, float] | None = None) -> dict:

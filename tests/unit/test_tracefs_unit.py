@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from harness.backends.tracefs import _check_instance, event_filter
-from harness.backends.tracefs_ring import (
+from harness.decoders.tracefs_ring import (
     DEFAULT_LAYOUT,
     RB_MISSED_EVENTS,
     RB_MISSED_STORED,
@@ -187,7 +187,7 @@ def test_instance_names_are_tpb_prefixed_plain_names(name, ok):
 
 
 def test_a_cleared_local_address_is_attributed_by_its_peer():
-    from harness.backends.tracefs_ring import _side
+    from harness.decoders.tracefs_ring import _side
 
     client, server, elsewhere = 1, 2, 9
     assert _side(client, server, client, server) == "client"

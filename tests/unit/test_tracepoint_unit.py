@@ -9,7 +9,7 @@ from harness.backends.tracepoint import (
     format_flags,
     parse_hooks,
 )
-from harness.backends.tracefs_ring import native_u32
+from harness.decoders.tracefs_ring import native_u32
 from harness.kernel import Capability, parse_format
 from tests.unit.test_format import SEND_RESET
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness.backends.base import EVENT_KINDS
+from harness.tcp import EVENT_KINDS
 from harness.errors import UsageError
 from harness.runner import plan
 from harness.workloads import WORKLOADS, get_workload

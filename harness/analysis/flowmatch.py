@@ -3,7 +3,7 @@
 Totals can hide compensating errors (one flow's event twice, another's not at all), so fidelity is
 also checked flow by flow, on a sample that keeps memory bounded at any rate: the flows whose
 client port is a multiple of FLOW_SAMPLE. Both sides sample alike without talking to each other:
-  - the workload (harness/agents/c/churn.c) records each sampled connection's port and the
+  - the workload (harness/agents/traffic/c/churn.c) records each sampled connection's port and the
     CLOCK_MONOTONIC time its connect() began: the ground truth, one entry per flow;
   - the observer keeps every event of those ports with its time: the BPF backends' C consumer
     with the kernel's (bpf_ktime_get_ns: the same clock), pcap with the packet's (converted).
@@ -30,16 +30,8 @@ import struct
 from collections import Counter
 from typing import Any, Iterable
 
-FLOW_SAMPLE = 64  # harness/agents/c/churn.c and harness/backends/ringbuf_consumer.c agree
-SIDES = ("client", "server")
-KIND_STATE_CHANGE, KIND_SOCK_DESTROY = 0, 5  # tcp_events.bpf.h
-# the enum of tcp_events.bpf.h, in EVENT_KINDS order (not imported: agents import this module)
-KIND_NAMES = {1: "retransmit", 2: "synack_retransmit", 3: "reset_sent", 4: "reset_received",
-              5: "sock_destroy", 6: "probe"}
-STATE_NAMES = {  # include/net/tcp_states.h (this light module holds it: agents import it too)
-    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
-    7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV",
-}
+from ..tcp import FLOW_SAMPLE, KIND_NAMES, KIND_SOCK_DESTROY, KIND_STATE_CHANGE, SIDES, transition
+
 # ts_ns, sk, kind, side, old, new, sport, dport of tcp_events.bpf.h's 56-byte record
 _RECORD = struct.Struct("<QQ4xBBBB8xHH")
 OUTCOMES = ("exact", "missing", "duplicated", "unexpected", "out_of_order", "unseen")
@@ -63,10 +55,6 @@ def sample_record(raw: bytes, offset: int = 0) -> list[int] | None:
     return [ts, side, kind, old, new, port]
 
 
-def _transition(old: int, new: int) -> str:
-    return f"{STATE_NAMES.get(old, str(old))}->{STATE_NAMES.get(new, str(new))}"
-
-
 def _score(events: list[tuple[int, int, int, int]], declared: dict[str, int],
            scored: frozenset[str], invisible: frozenset[str] = frozenset()) -> set[str]:
     """events: (ts, kind, old, new) of one flow and side, in time order -> its outcomes."""
@@ -74,7 +62,7 @@ def _score(events: list[tuple[int, int, int, int]], declared: dict[str, int],
     chain_ok, state = True, None
     for _, kind, old, new in events:
         if kind == KIND_STATE_CHANGE:
-            seen[_transition(old, new)] += 1
+            seen[transition(old, new)] += 1
             if state is not None and old != state:
                 chain_ok = False
             state = new
@@ -157,7 +145,7 @@ def match(truth: dict[str, Any], events: Iterable[list[int]], overflow: int = 0,
                 if "exact" not in found and len(result["examples"]) < EXAMPLES:
                     result["examples"].append({
                         "side": side, "port": port, "outcomes": sorted(found),
-                        "events": [_transition(o, n) if k == KIND_STATE_CHANGE else KIND_NAMES.get(k, f"kind {k}")
+                        "events": [transition(o, n) if k == KIND_STATE_CHANGE else KIND_NAMES.get(k, f"kind {k}")
                                    for _, k, o, n in flow_events],
                     })
         result["sides"][side] = {name: outcomes.get(name, 0) for name in OUTCOMES}
@@ -166,7 +154,7 @@ def match(truth: dict[str, Any], events: Iterable[list[int]], overflow: int = 0,
 
 def aggregate(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """workload key -> cell label -> the ok trials' per-flow results summed (cells with any)."""
-    from .analysis import workload_key
+    from .stats import workload_key
 
     out: dict[str, dict[str, Any]] = {}
     for cell in run["cells"]:

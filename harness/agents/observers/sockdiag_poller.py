@@ -1,6 +1,6 @@
 """sock_diag poller: snapshots of a namespace's TCP sockets at a fixed interval, diffed as it goes.
 
-    python -m harness.agents.sockdiag_poller --interval-ms 10 --keep 198.18.7.1 --keep 198.18.7.2
+    python -m harness.agents.observers.sockdiag_poller --interval-ms 10 --keep 198.18.7.1 --keep 198.18.7.2
 
 Run inside one host's namespace (nsenter) by harness/backends/sockdiag.py: pyroute2's DiagSocket
 takes no netns argument, and a NETLINK_SOCK_DIAG socket lists the sockets of the namespace it was
@@ -13,7 +13,7 @@ of the IPv4 TCP sockets in every state but TIME_WAIT (a TIME_WAIT entry is a tim
 longer the full socket the tracepoint follows; under churn there are 60 s worth of them, which
 would make each poll cost grow with history) is reduced to {cookie: state} for the sockets to or
 from the `--keep` addresses, and compared with the previous one (snapshot_diff in
-harness/backends/sockdiag_infer.py). The kernel's own counters (/proc/net/snmp, this namespace's)
+harness/decoders/sockdiag_infer.py). The kernel's own counters (/proc/net/snmp, this namespace's)
 are read at the start and the end, so the connections the polls never saw are measured, not guessed.
 
 Protocol (JSON lines on stdout): {"ready": true, ...}; stdin closed -> one last poll ->
@@ -30,7 +30,7 @@ import socket
 import sys
 import time
 
-from harness.backends.sockdiag_infer import SnapshotDiff, read_tcp_snmp
+from harness.decoders.sockdiag_infer import SnapshotDiff, read_tcp_snmp
 from harness.agents.common import cpu_seconds, emit
 
 EXIT_FAILED = 2

@@ -1,6 +1,6 @@
 """Decoding ftrace's per-CPU ring buffer pages (trace_pipe_raw) into the common schema's counts.
 
-No root needed here: the tracefs backend's reader (harness/agents/tracefs_reader.py) feeds pages in,
+No root needed here: the tracefs backend's reader (harness/agents/observers/tracefs_reader.py) feeds pages in,
 and tests/unit/test_tracefs_unit.py feeds synthetic ones.
 
 A read() of instances/<name>/per_cpu/cpuN/trace_pipe_raw returns one ring-buffer sub-buffer (a
@@ -39,16 +39,6 @@ MAX_SMALL_TYPE_LEN = 28
 AF_INET = 2
 IPPROTO_TCP = 6
 
-# The seven tracepoints and the kind of the common schema each one reports (as tracepoint.py).
-KINDS = {
-    "sock:inet_sock_set_state": "state_change",
-    "tcp:tcp_retransmit_skb": "retransmit",
-    "tcp:tcp_retransmit_synack": "synack_retransmit",
-    "tcp:tcp_send_reset": "reset_sent",
-    "tcp:tcp_receive_reset": "reset_received",
-    "tcp:tcp_destroy_sock": "sock_destroy",
-    "tcp:tcp_probe": "probe",
-}
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")

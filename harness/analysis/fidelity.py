@@ -32,9 +32,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .analysis import cell_label, workload_key
-
-SIDES = ("client", "server")
+from .stats import cell_label, workload_key
+from ..tcp import CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT2, LISTEN, SIDES, SYN_RECV, SYN_SENT, arrow
 
 # Precedence when a name has several declarations (synack's server declares synack_retransmit
 # at_least, equals_nstat and inexact): an exact count beats a bound beats a reason.
@@ -43,15 +42,15 @@ DECLARATION_ORDER = ("exact", "equals_nstat", "at_least", "inexact")
 # (observer names summed, SNMP counter, relation, why). "equal" means the same kernel function
 # fires the event and increments the counter, so any difference is the observer's.
 KERNEL_CHECKS: tuple[tuple[tuple[str, ...], str, str, str], ...] = (
-    (("CLOSE->SYN_SENT",), "TcpActiveOpens", "equal",
+    ((arrow(CLOSE, SYN_SENT),), "TcpActiveOpens", "equal",
      "tcp_v4_connect sets SYN_SENT and tcp_connect counts ActiveOpens for the same connect()"),
-    (("LISTEN->SYN_RECV",), "TcpPassiveOpens", "equal",
+    ((arrow(LISTEN, SYN_RECV),), "TcpPassiveOpens", "equal",
      "the child socket is cloned from the listener in SYN_RECV by tcp_create_openreq_child, which counts PassiveOpens"),
     (("reset_sent",), "TcpOutRsts", "equal",
      "tcp_v4_send_reset and tcp_send_active_reset fire tcp_send_reset and count OutRsts"),
-    (("ESTABLISHED->CLOSE", "CLOSE_WAIT->CLOSE"), "TcpEstabResets", "equal",
+    ((arrow(ESTABLISHED, CLOSE), arrow(CLOSE_WAIT, CLOSE)), "TcpEstabResets", "equal",
      "tcp_set_state itself counts EstabResets for every ESTABLISHED or CLOSE_WAIT socket it closes"),
-    (("FIN_WAIT2->CLOSE", "CLOSING->CLOSE"), "TcpExtTW", "equal",
+    ((arrow(FIN_WAIT2, CLOSE), arrow(CLOSING, CLOSE)), "TcpExtTW", "equal",
      "tcp_time_wait hands the connection to a TIME_WAIT socket and closes the full one from FIN_WAIT2 "
      "(or CLOSING); TW counts those sockets (measured equal in churn on 6.1 and 6.18)"),
     (("retransmit", "synack_retransmit"), "TcpRetransSegs", "segments vs skbs",

@@ -36,7 +36,8 @@ import struct
 from collections import Counter, OrderedDict
 from typing import Any, Callable, Mapping, NamedTuple
 
-from harness.flowmatch import STATE_NAMES
+from harness.tcp import (CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, NEW_SYN_RECV,
+                         SIDES, STATE_NUMBERS, SYN_RECV, SYN_SENT, TIME_WAIT, arrow, ends as transition_ends)
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 ETHERTYPE_IPV4, ETHERTYPE_VLAN = 0x0800, 0x8100
@@ -51,21 +52,21 @@ _MOD = 1 << 32
 
 # Full sockets (a tcp_sock, which tcp_reset can close): not a request sock, not a timewait sock.
 FULL_SOCKET = frozenset(
-    {"SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "CLOSING", "LAST_ACK"}
+    {SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, CLOSING, LAST_ACK}
 )
-SYNCHRONIZED = FULL_SOCKET - {"SYN_SENT", "SYN_RECV"}
+SYNCHRONIZED = FULL_SOCKET - {SYN_SENT, SYN_RECV}
 # States whose socket sends an RST only by aborting: the application's abortive close, or an
 # orphan receiving data after close().
-ABORTABLE = frozenset({"ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT1", "FIN_WAIT2"})
+ABORTABLE = frozenset({ESTABLISHED, CLOSE_WAIT, FIN_WAIT1, FIN_WAIT2})
 MAX_HOLES = 64  # unseen sequence ranges remembered per sender (reordering, filtered segments)
 # An endpoint done as far as packets can tell (NONE: no socket was ever seen on it).
-TERMINAL = frozenset({"CLOSE", "TIME_WAIT", "NONE"})
+TERMINAL = frozenset({CLOSE, TIME_WAIT, "NONE"})
 
 INVISIBLE = {
     "pid, comm": "packets carry no process; the tracepoint reports the interrupted task in softirq anyway",
     "socket identity": "no sk pointer, inode or cookie on the wire; flows are keyed by 4-tuple and SYN",
-    "CLOSE->LISTEN, LISTEN->CLOSE": "a listener's life sends no packet",
-    "TIME_WAIT->CLOSE": "timewait expiry sends no packet (nor is it a tcp_set_state)",
+    f"{arrow(CLOSE, LISTEN)}, {arrow(LISTEN, CLOSE)}": "a listener's life sends no packet",
+    arrow(TIME_WAIT, CLOSE): "timewait expiry sends no packet (nor is it a tcp_set_state)",
     "sock_destroy": "freeing a socket sends no packet; when a closed socket is freed is not on the wire",
     "probe": "tcp_probe's cwnd, ssthresh, srtt, snd_una are sender-internal",
     "request socks": "a SYN-ACK shows a request sock (NEW_SYN_RECV), which has no state transition",
@@ -74,7 +75,7 @@ INVISIBLE = {
 INVISIBLE_STATE_FILTER = {
     "retransmit (data)": "the filter drops segments without SYN/FIN/RST, so data retransmissions are unseen "
     "(SYN, SYN-ACK and FIN repeats are seen)",
-    "LAST_ACK->CLOSE, CLOSING->CLOSE": "caused by the peer's pure ACK of the last FIN, which the filter drops",
+    f"{arrow(LAST_ACK, CLOSE)}, {arrow(CLOSING, CLOSE)}": "caused by the peer's pure ACK of the last FIN, which the filter drops",
 }
 ASSUMPTIONS = (
     "a captured segment is taken as delivered: drops behind the capture point (netfilter in a namespace, "
@@ -87,9 +88,8 @@ ASSUMPTIONS = (
 )
 
 
-# Per-flow sampling (harness/flowmatch.py): sides and states as the BPF record numbers them.
-SAMPLED_SIDES = {"client": 0, "server": 1}
-STATE_NUMBERS = {name: number for number, name in STATE_NAMES.items()}
+# Per-flow sampling (harness/analysis/flowmatch.py): sides and states as the BPF record numbers them.
+SAMPLED_SIDES = {side: number for number, side in enumerate(SIDES)}
 MAX_FLOW_EVENTS = 65536
 
 
@@ -204,7 +204,7 @@ class FlowTracker:
                  timestamp: Callable[[Any], int] | None = None):
         """flow_sample/timestamp: keep every transition of the flows whose client port is a multiple
         of flow_sample, timed by timestamp(when) (CLOCK_MONOTONIC ns) from feed()'s `when`, for
-        harness/flowmatch.py; the clock is read only for those flows."""
+        harness/analysis/flowmatch.py; the clock is read only for those flows."""
         self.sides = dict(sides)
         self.flow_sample = flow_sample if timestamp is not None else 0
         self.timestamp = timestamp
@@ -230,7 +230,7 @@ class FlowTracker:
 
     def _move(self, end: _Endpoint, new: str, reported: str | None = None) -> None:
         """end goes to `new`; the transition is reported as OLD->`reported or new`."""
-        name = f"{end.state}->{reported or new}"
+        name = arrow(end.state, reported or new)
         self.transitions.setdefault(end.side, Counter())[name] += 1
         self._event(end.side, "state_change")
         if self._sampled is not None and end.side in SAMPLED_SIDES:
@@ -250,7 +250,7 @@ class FlowTracker:
         self.events[end.side]["state_change"] -= 1
         self.packets["retracted_transitions"] += 1
         if self._sampled is not None and end.side in SAMPLED_SIDES:
-            old, new = (STATE_NUMBERS.get(state, 0) for state in name.split("->"))
+            old, new = (STATE_NUMBERS.get(state, 0) for state in transition_ends(name))
             for index in range(len(self.flow_events) - 1, -1, -1):
                 event = self.flow_events[index]
                 if (event[1], event[3], event[4], event[5]) == (SAMPLED_SIDES[end.side], old, new, self._sampled[1]):
@@ -259,16 +259,16 @@ class FlowTracker:
         end.state = back_to
 
     def _establish(self, end: _Endpoint) -> None:
-        if end.state == "SYN_SENT":
-            self._move(end, "ESTABLISHED")
-        elif end.state == "NEW_SYN_RECV":  # the child is cloned from the listener at the ACK
-            end.state = "LISTEN"
-            self._move(end, "SYN_RECV")
-            self._move(end, "ESTABLISHED")
+        if end.state == SYN_SENT:
+            self._move(end, ESTABLISHED)
+        elif end.state == NEW_SYN_RECV:  # the child is cloned from the listener at the ACK
+            end.state = LISTEN
+            self._move(end, SYN_RECV)
+            self._move(end, ESTABLISHED)
             self.opens.setdefault(end.side, Counter())["passive"] += 1
 
     def _to_time_wait(self, end: _Endpoint) -> None:
-        self._move(end, "TIME_WAIT", reported="CLOSE")
+        self._move(end, TIME_WAIT, reported=CLOSE)
 
     # --- the state machine ------------------------------------------------------------------
     @staticmethod
@@ -310,14 +310,14 @@ class FlowTracker:
     def _syn(self, key: tuple, flow: _Flow | None, seg: Segment) -> None:
         if flow is not None:
             sender, _ = flow.ends(seg.src, seg.sport)
-            if sender is flow.active and sender.state == "SYN_SENT" and seg.seq == sender.isn:
+            if sender is flow.active and sender.state == SYN_SENT and seg.seq == sender.isn:
                 self._event(sender.side, "retransmit")  # tcp_retransmit_skb fires for SYNs too
                 return
         # A new connection on this 4-tuple (a first SYN, or reuse after TIME_WAIT).
-        active = _Endpoint(self.side(seg.src), "CLOSE", active=True)
+        active = _Endpoint(self.side(seg.src), CLOSE, active=True)
         passive = _Endpoint(self.side(seg.dst), "NONE", active=False)
         active.isn, active.next_seq = seg.seq, (seg.seq + 1) % _MOD
-        self._move(active, "SYN_SENT")
+        self._move(active, SYN_SENT)
         self.opens.setdefault(active.side, Counter())["active"] += 1
         self.finished.pop(key, None)
         self.live[key] = _Flow(active, passive, (seg.src, seg.sport))
@@ -340,7 +340,7 @@ class FlowTracker:
         elif sender.isn is None:
             sender.isn, sender.next_seq = seg.seq, (seg.seq + 1) % _MOD
             if sender.state == "NONE":
-                sender.state = "NEW_SYN_RECV"  # a request sock: no transition of its own
+                sender.state = NEW_SYN_RECV  # a request sock: no transition of its own
         elif seg.seq == sender.isn:
             # tcp_rtx_synack: on its timer, or in answer to a repeated SYN (both are synack retransmits)
             self._event(sender.side, "synack_retransmit")
@@ -357,11 +357,11 @@ class FlowTracker:
             self.packets["unmatched"] += 1
             return
         # The sender is past its handshake; a passive sender proves the active end's ACK arrived.
-        if sender.state in ("SYN_SENT", "NEW_SYN_RECV"):
+        if sender.state in (SYN_SENT, NEW_SYN_RECV):
             self._establish(sender)
             if sender is flow.passive:
                 self._establish(flow.active)
-        if receiver.state in ("SYN_SENT", "NEW_SYN_RECV"):
+        if receiver.state in (SYN_SENT, NEW_SYN_RECV):
             if receiver is flow.passive:
                 if receiver.isn is not None and not _before(seg.ack, (receiver.isn + 1) % _MOD):
                     self._establish(receiver)  # the handshake's ACK (or anything after it) arrived
@@ -372,12 +372,12 @@ class FlowTracker:
         # keeps a straggler of another connection on the same 4-tuple from closing this one.)
         if receiver.fin_seq is not None and not receiver.fin_acked and seg.ack == (receiver.fin_seq + 1) % _MOD:
             receiver.fin_acked = True
-            if receiver.state == "FIN_WAIT1":
-                self._move(receiver, "FIN_WAIT2")
-            elif receiver.state == "CLOSING":
+            if receiver.state == FIN_WAIT1:
+                self._move(receiver, FIN_WAIT2)
+            elif receiver.state == CLOSING:
                 self._to_time_wait(receiver)
-            elif receiver.state == "LAST_ACK":
-                self._move(receiver, "CLOSE")
+            elif receiver.state == LAST_ACK:
+                self._move(receiver, CLOSE)
         # What the segment carries: data and/or a FIN.
         length = seg.payload_bytes + (1 if flags & FIN else 0)
         if length:
@@ -387,24 +387,24 @@ class FlowTracker:
                 self._event(sender.side, "retransmit")
         if flags & FIN and sender.fin_seq is None:
             sender.fin_seq = (seg.seq + seg.payload_bytes) % _MOD
-            if sender.state == "CLOSE_WAIT" and receiver.fin_seq is not None and \
+            if sender.state == CLOSE_WAIT and receiver.fin_seq is not None and \
                     _before(seg.ack, (receiver.fin_seq + 1) % _MOD):
                 # Simultaneous close: this FIN left before the peer's FIN (taken as delivered when
                 # seen) arrived, so the sender was never in CLOSE_WAIT. Undo, then replay in order.
-                self._retract(sender, "ESTABLISHED->CLOSE_WAIT", back_to="ESTABLISHED")
-                self._move(sender, "FIN_WAIT1")
-                self._move(sender, "CLOSING")
-            if sender.state == "ESTABLISHED":
-                self._move(sender, "FIN_WAIT1")
-            elif sender.state == "CLOSE_WAIT":
-                self._move(sender, "LAST_ACK")
+                self._retract(sender, arrow(ESTABLISHED, CLOSE_WAIT), back_to=ESTABLISHED)
+                self._move(sender, FIN_WAIT1)
+                self._move(sender, CLOSING)
+            if sender.state == ESTABLISHED:
+                self._move(sender, FIN_WAIT1)
+            elif sender.state == CLOSE_WAIT:
+                self._move(sender, LAST_ACK)
         if flags & FIN and not receiver.got_fin:
             receiver.got_fin = True
-            if receiver.state == "ESTABLISHED":
-                self._move(receiver, "CLOSE_WAIT")
-            elif receiver.state == "FIN_WAIT1":
-                self._move(receiver, "CLOSING")  # simultaneous close: its own FIN is not acked yet
-            elif receiver.state == "FIN_WAIT2":
+            if receiver.state == ESTABLISHED:
+                self._move(receiver, CLOSE_WAIT)
+            elif receiver.state == FIN_WAIT1:
+                self._move(receiver, CLOSING)  # simultaneous close: its own FIN is not acked yet
+            elif receiver.state == FIN_WAIT2:
                 self._to_time_wait(receiver)
 
     def _repeats(self, sender: _Endpoint, seq: int, length: int) -> bool:
@@ -451,14 +451,14 @@ class FlowTracker:
         sender, receiver = flow.ends(seg.src, seg.sport)
         if receiver.state in FULL_SOCKET:
             # In SYN_SENT only an RST acknowledging the SYN is accepted (RFC 793, tcp_rcv_synsent_state_process)
-            acceptable = receiver.state != "SYN_SENT" or (
+            acceptable = receiver.state != SYN_SENT or (
                 seg.flags & ACK and receiver.isn is not None and seg.ack == (receiver.isn + 1) % _MOD
             )
             if acceptable:
                 self._event(receiver.side, "reset_received")
-                self._move(receiver, "CLOSE")
+                self._move(receiver, CLOSE)
         if sender.state in ABORTABLE:
-            self._move(sender, "CLOSE")  # an abort (SO_LINGER {1,0}, unread data at close ...)
+            self._move(sender, CLOSE)  # an abort (SO_LINGER {1,0}, unread data at close ...)
         # An RST from SYN_SENT (answering a stray ACK), a request sock or a timewait sock closes
         # nothing. Nor does one "from" LAST_ACK or CLOSING: the peer's FIN is in, so no data can
         # provoke an abort there; the socket is gone (its last ACK unseen, as under the state

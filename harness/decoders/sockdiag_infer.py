@@ -17,15 +17,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-TCP_LISTEN = 10
-STATE_NAMES = {
-    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
-    7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV",
-}
+from ..tcp import LISTEN, STATE_NUMBERS, state_name, transition
 
-
-def state_name(state: int) -> str:
-    return STATE_NAMES.get(state, str(state))
+TCP_LISTEN = STATE_NUMBERS[LISTEN]
 
 
 class SnapshotDiff:
@@ -53,7 +47,7 @@ class SnapshotDiff:
                 else:
                     self.connections_seen += 1
             elif old != state:
-                self.transitions[f"{state_name(old)}->{state_name(state)}"] += 1
+                self.transitions[transition(old, state)] += 1
         for cookie, state in previous.items():
             if cookie not in snapshot:
                 self.disappeared[state_name(state)] += 1

@@ -1,6 +1,6 @@
 """Capture agent: libpcap (pcapy-ng) on one interface, headers decoded and inferred in Python.
 
-    python -m harness.agents.pcap_capture --interface IF --expression EXPR --snaplen N
+    python -m harness.agents.observers.pcap_capture --interface IF --expression EXPR --snaplen N
         --buffer-bytes N --timeout-ms N --side 198.18.7.1=client --side 198.18.7.2=server
 
 Run inside the capturing host's namespace (nsenter), so the interface is the namespace's own and
@@ -40,8 +40,8 @@ import signal
 import sys
 import time
 
-from harness.agents.pcap_infer import FlowTracker, decode_ethernet, realtime_to_monotonic
-from harness.flowmatch import FLOW_SAMPLE
+from harness.decoders.pcap_infer import FlowTracker, decode_ethernet, realtime_to_monotonic
+from harness.tcp import FLOW_SAMPLE
 from harness.agents.common import cpu_seconds, emit
 
 EXIT_CAPTURE_FAILED = 2

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .analysis import cell_label, workload_key
+from .. import __version__
+from .stats import cell_label, workload_key
 
 
 def _stats(samples: list[float]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .analysis import workload_key
+from .stats import workload_key
 from .fidelity import setting_label
 
 OTHER_SIDE = {"client": "server", "server": "client"}

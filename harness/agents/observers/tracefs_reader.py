@@ -1,6 +1,6 @@
 """tracefs reader: drains a private ftrace instance's per-CPU trace_pipe_raw and counts events.
 
-    python -m harness.agents.tracefs_reader CONFIG_JSON
+    python -m harness.agents.observers.tracefs_reader CONFIG_JSON
 
 Started by harness/backends/tracefs.py in the root namespace (tracefs and its ring buffers are
 global). A process of its own, like the pcap capture agent: its CPU time (rusage, read by the
@@ -10,7 +10,7 @@ Why trace_pipe_raw and not trace_pipe: trace_pipe formats every event as text in
 (print fmt, %pI4 ...) and the reader parses it back, both per event; trace_pipe_raw hands out
 whole ring-buffer pages as the kernel wrote them (what trace-cmd and perf's ftrace mode read), so
 the kernel copies 4 KiB at a time and the decoding is a few struct reads per event
-(harness/backends/tracefs_ring.py). Each CPU's file is opened O_NONBLOCK and drained until EAGAIN,
+(harness/decoders/tracefs_ring.py). Each CPU's file is opened O_NONBLOCK and drained until EAGAIN,
 then the loop sleeps `poll_ms` (select on stdin): a read of a page the writer is still filling
 returns what is committed so far, so nothing waits for a page to fill.
 
@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 
-from harness.backends.tracefs_ring import PageCounter, make_decoder
+from harness.decoders.tracefs_ring import PageCounter, make_decoder
 from harness.agents.common import cpu_seconds, emit
 
 EXIT_FAILED = 2
@@ -144,7 +144,7 @@ def run(config: dict) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m harness.agents.tracefs_reader CONFIG_JSON", file=sys.stderr)
+        print("usage: python -m harness.agents.observers.tracefs_reader CONFIG_JSON", file=sys.stderr)
         return EXIT_FAILED
     return run(json.loads(args[0]))
 

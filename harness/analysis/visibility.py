@@ -21,21 +21,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from .analysis import cell_label
+from .stats import cell_label
 from .attribution import cell_attribution
 from .fidelity import invisible_names, observes_nothing, setting_label
 
-# The order states are met in a connection's life (rows are sorted by it).
-STATES = ("CLOSE", "LISTEN", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2",
-          "CLOSE_WAIT", "CLOSING", "LAST_ACK", "TIME_WAIT", "NEW_SYN_RECV")
-KINDS = ("retransmit", "synack_retransmit", "reset_sent", "reset_received", "sock_destroy", "probe")
+from ..tcp import EVENT_KINDS, LIFE_ORDER as STATES, NEW_SYN_RECV, ends
+
+KINDS = EVENT_KINDS[1:]  # every kind but state_change, whose rows are the states themselves
 KIND_LABELS = {"probe": "probe (cwnd, srtt: tcp_probe)", "sock_destroy": "sock_destroy (socket destroyed)"}
 # Backends whose events are reconstructed rather than reported by the kernel as they happen.
 INFERRED = {"pcap": "inferred from packets", "sockdiag": "inferred from socket snapshots"}
 
 
 def _state_rank(transition: str) -> tuple[int, int]:
-    old, _, new = transition.partition("->")
+    old, new = ends(transition)
     rank = {s: i for i, s in enumerate(STATES)}
     return rank.get(old, len(STATES)), rank.get(new, len(STATES))
 
@@ -183,7 +182,7 @@ def visibility(run: dict[str, Any]) -> dict[str, Any]:
                                for s, p in trials_of.items()}})
     entered = {t.partition("->")[2] for t in transitions}
     for state in STATES:
-        if state not in entered and state != "NEW_SYN_RECV":
+        if state not in entered and state != NEW_SYN_RECV:
             rows.append({"row": f"* -> {state}", "category": "state", "name": state,
                          "cells": {s: {"status": "not measured", "text": "not measured", "evidence": None}
                                    for s in trials_of},

@@ -1,4 +1,4 @@
-/* churn agent in C: the same command line, behaviour and JSON lines as harness/agents/churn.py.
+/* churn agent in C: the same command line, behaviour and JSON lines as harness/agents/traffic/churn.py.
  *
  * Why C: a Python churn client reached ~57% of a minimal C pair's rate on this machine (2 vCPUs,
  * where interpreter time competes with the softirq work of the veth). The generator must not be
@@ -13,7 +13,7 @@
  *         Result: {"connections", "failures", "duration_ns", "pids", "latency_log2_ns", "cpu_ticks",
  *         "flows"}: flows is the per-flow ground truth for a sample of the connections, those whose
  *         client port is a multiple of FLOW_SAMPLE ([port, CLOCK_MONOTONIC ns at connect()], at most
- *         FLOW_SLOTS per worker, the rest counted in "flows_overflow"), for harness/flowmatch.py.
+ *         FLOW_SLOTS per worker, the rest counted in "flows_overflow"), for harness/analysis/flowmatch.py.
  *
  * Live mode (--count 0 on both sides): no end of its own; the client's workers connect until the
  * harness closes the client's stdin (harness/workloads/live.py, the toggled measurement).
@@ -46,7 +46,7 @@
 #define MAX_ERRNO 256
 #define BUCKETS 64
 #define MAX_WORKERS 256
-#define FLOW_SAMPLE 64 /* harness/flowmatch.py's FLOW_SAMPLE: the two must agree */
+#define FLOW_SAMPLE 64 /* harness/analysis/flowmatch.py's FLOW_SAMPLE: the two must agree */
 #define FLOW_SLOTS 4096
 
 static uint64_t now_ns(void) {

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .analysis import foreign_trial, cell_label, estimate, workload_key
+from .stats import foreign_trial, cell_label, estimate, workload_key
 
 EMPTY_SUFFIX = "-empty"
 GOAL_MULTIPLE = 2.0  # issue 15: the streaming observer within 2x of the empty program

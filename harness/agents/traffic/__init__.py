@@ -1,0 +1,2 @@
+"""Traffic generators, one per workload (harness/workloads/<name>.py starts them): churn (C twin
+in c/churn.c), rr, stream, resets."""
