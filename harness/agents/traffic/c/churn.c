@@ -46,7 +46,9 @@
 #define MAX_ERRNO 256
 #define BUCKETS 64
 #define MAX_WORKERS 256
-#define FLOW_SAMPLE 64 /* harness/analysis/flowmatch.py's FLOW_SAMPLE: the two must agree */
+#ifndef FLOW_SAMPLE /* harness/tcp.py's, passed by harness/workloads/native.py as -DFLOW_SAMPLE=N */
+#error "FLOW_SAMPLE comes from harness/tcp.py's c_defines() (build with harness.workloads.native)"
+#endif
 #define FLOW_SLOTS 4096
 
 static uint64_t now_ns(void) {
