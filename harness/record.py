@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
+# The no-observer baseline's backend name, as every record spells it (harness/backends/none.py)
+BASELINE = "none"
 
 
 def new_run_id() -> str:

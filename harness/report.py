@@ -1,11 +1,12 @@
-"""Everything derived from run.json alone: analysis.json, benchmark.json (pytest-benchmark format),
-report.md with its PNG plots, and the terminal verdict. `tpbench report DIR` rebuilds them without
-rerunning anything, and rebuilding gives identical files (no generation timestamps; the bootstrap
-seed is fixed; PNGs carry no software tag). report.md's Markdown is rendered in report_md.py; the
-text both share is in report_format.py.
+"""Writing what is derived from run.json alone: analysis.json (harness/analysis/full.py computes
+it), benchmark.json (pytest-benchmark format), report.md with its PNG plots, the terminal verdict
+and `tpbench compare`. `tpbench report DIR` rebuilds them without rerunning anything, and
+rebuilding gives identical files (no generation timestamps; the bootstrap seed is fixed; PNGs carry
+no software tag). report.md's Markdown is rendered in report_md.py; the text both share is in
+report_format.py; the plots are drawn in plots.py.
 
-The verdict never says more than the analysis decided: "do tracepoints beat libpcap?" is answered
-from the paired comparison's CI (analysis.py), and "not decided" stays "not decided".
+Nothing here decides: "do tracepoints beat libpcap?" is answered in harness/analysis/answers.py from
+the paired comparison's CI, and "not decided" stays "not decided".
 """
 
 from __future__ import annotations
@@ -15,17 +16,17 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import preflight
-from .analysis import flowmatch, headline, inkernel, toggle_stats
-from .analysis.stats import analyse, cell_label, workload_key
-from .analysis.attribution import attribution
+from .analysis import headline
+from .analysis.full import full_analysis
+from .analysis.answers import tracepoint_vs_pcap
+from .analysis.stats import BASELINE, analyse, cell_label, workload_key
 from .analysis.benchjson import benchmark_json
 from .errors import UsageError
 from .analysis.fidelity import fidelity
 from .record import SCHEMA_VERSION, write_json_atomic
-from .report_format import (backend_of, crossover_sentence, fidelity_summary, fmt, md_table, pct_ci, signed,
+from .report_format import (crossover_sentence, fidelity_summary, fmt, md_table, pct_ci,
                              toggle_lines)
 from .report_md import render_markdown
-from .analysis.visibility import visibility
 
 
 def load_run(path: Path) -> dict[str, Any]:
@@ -46,29 +47,11 @@ def load_run(path: Path) -> dict[str, Any]:
     return data
 
 
-def full_analysis(run: dict[str, Any]) -> dict[str, Any]:
-    """analysis.py's statistics plus fidelity, visibility and attribution (all from run.json)."""
-    result = analyse(run)
-    result["fidelity"] = fidelity(run)
-    result["visibility"] = visibility(run)
-    result["attribution"] = attribution(run)
-    result["flows"] = flowmatch.aggregate(run)
-    result["answers"] = {key: tracepoint_vs_pcap(key, entry) for key, entry in result["workloads"].items()}
-    toggled = toggle_stats.analyse(run, result["decide_pp"])
-    result["toggle"] = {"method": toggled["method"], "groups": toggled["groups"]}
-    result["headline"], result["aa"] = toggled["headline"], toggled["aa"]
-    result["matrix"] = headline.matrix(result)
-    result["in_kernel"] = inkernel.analyse(run)
-    return result
-
-
 def write_outputs(directory: Path, run: dict[str, Any]) -> dict[str, Any]:
-    from .plots import plot_overheads, plot_sweep, sweeps
+    from .plots import plot_overheads, plot_sweep
 
     analysis = full_analysis(run)
-    operations = {c["workload"]: c.get("operation") or "operation" for c in run["cells"]}
-    found = sweeps(analysis, operations)
-    analysis["sweeps"] = found
+    found = analysis["sweeps"]
     write_json_atomic(directory / "analysis.json", analysis)
     write_json_atomic(directory / "benchmark.json", benchmark_json(run, analysis))
     plots: dict[str, str] = {}
@@ -88,57 +71,6 @@ def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
-
-
-# ---------------------------------------------------------------- verdicts
-
-def tracepoint_vs_pcap(key: str, entry: dict[str, Any]) -> dict[str, Any]:
-    """The explicit answer for one workload, from the paired comparisons only."""
-    pairs = [c for c in entry.get("comparisons", []) if {backend_of(c["a"]), backend_of(c["b"])} == {"tracepoint", "pcap"}]
-    if not pairs:
-        return {"answer": "not measured", "sentence": "not measured: this run has no tracepoint and pcap cells "
-                "for this workload", "pairs": []}
-    results = []
-    for c in pairs:
-        tp, pc = (c["a"], c["b"]) if backend_of(c["a"]) == "tracepoint" else (c["b"], c["a"])
-        if c["verdict"].startswith(f"{tp} is cheaper"):
-            outcome = "yes"
-        elif c["verdict"].startswith(f"{pc} is cheaper"):
-            outcome = "no"
-        elif c["verdict"] == "no significant difference":
-            outcome = "no difference"
-        else:
-            outcome = "not decided"
-        diff = c["diff_a_minus_b"]
-        sign = 1 if c["a"] == tp else -1  # report tracepoint - pcap
-        lo, hi = (diff["low"], diff["high"]) if sign == 1 else (
-            (-diff["high"] if diff["high"] is not None else None), (-diff["low"] if diff["low"] is not None else None))
-        results.append({"tracepoint": tp, "pcap": pc, "outcome": outcome, "verdict": c["verdict"],
-                        "diff_us": sign * diff["median"], "low_us": lo, "high_us": hi,
-                        "percent_of_baseline": (sign * c["percent_of_baseline"]) if c["percent_of_baseline"] is not None else None})
-    default = next((r for r in results if "[" not in r["tracepoint"] and "[" not in r["pcap"]), results[0])
-    outcomes = {r["outcome"] for r in results}
-    head = {"yes": "yes", "no": "no", "no difference": "no significant difference",
-            "not decided": "not decided"}[default["outcome"]]
-    ci = _ci_us(default)
-    sentence = f"{head}: CPU per operation of {default['tracepoint']} - {default['pcap']} = {ci}"
-    if default["outcome"] == "not decided":
-        sentence += f" ({default['verdict'].removeprefix('not decided: ')})"
-    if len(outcomes) > 1:
-        sentence += "; other settings differ: " + "; ".join(
-            f"{_setting(r['tracepoint'])} vs {_setting(r['pcap'])}: {r['outcome']}" for r in results if r is not default)
-    return {"answer": head, "sentence": sentence, "pairs": results}
-
-
-def _setting(label: str) -> str:
-    return label.split("/", 1)[-1]
-
-
-def _ci_us(r: dict[str, Any]) -> str:
-    if r["low_us"] is None:
-        return f"{signed(r['diff_us'])} µs/op (no CI: fewer than 3 paired trials)"
-    pct = f" ({r['percent_of_baseline']:+.1f}% of the baseline's)" if r["percent_of_baseline"] is not None else ""
-    return f"{signed(r['diff_us'])} µs/op [{signed(r['low_us'])}, {signed(r['high_us'])}]{pct}"
 
 
 # ---------------------------------------------------------------- terminal
@@ -175,7 +107,7 @@ def print_verdict(run: dict[str, Any], analysis: dict[str, Any], out: TextIO) ->
                 ci = f"{fmt(pct['median'])}% [{fmt(pct['low'])}, {fmt(pct['high'])}]"
                 verdict = over["verdict"]
             else:
-                ci, verdict = "-", ("baseline" if cell["backend"] == "none" else "no baseline")
+                ci, verdict = "-", ("baseline" if cell["backend"] == BASELINE else "no baseline")
             notes = fidelity_summary(fid.get(key, {}).get(label))
             notes = (f"; {notes}" if notes else "") + (f"; {cell['failed']} failed" if cell["failed"] else "")
             cpu_text = "-" if cpu is None else f"{cpu:.3g}"
@@ -246,7 +178,7 @@ def compare(runs: list[tuple[str, dict[str, Any]]]) -> tuple[str, list[str]]:
         terminal.append("no workload with the same parameters in two of the runs")
     for key in shared:
         labels = list(dict.fromkeys(label for an in analyses for label, cell in
-                                    an["workloads"].get(key, {}).get("cells", {}).items() if cell["backend"] != "none"))
+                                    an["workloads"].get(key, {}).get("cells", {}).items() if cell["backend"] != BASELINE))
         rows = []
         terminal.append(f"\n{key}")
         for label in labels:

@@ -10,21 +10,12 @@ from .analysis import toggle_stats
 from .analysis.fidelity import row_status
 
 
-def backend_of(label: str) -> str:
-    return label.split("/", 1)[-1].split("[")[0]
-
-
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     def esc(text: Any) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
     lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
     return lines
-
-
-def signed(value: float) -> str:
-    """Readable at every scale: +3,012 for thousands of µs, +1.66e-05 for µs per byte."""
-    return f"{value:+,.0f}" if abs(value) >= 1000 else f"{value:+.3g}"
 
 
 def fmt(value: float | None, digits: int = 1) -> str:

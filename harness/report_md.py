@@ -10,8 +10,9 @@ from typing import Any
 from . import preflight, tcp
 from .analysis import flowmatch, headline
 from .analysis.fidelity import row_status
-from .report_format import (backend_of, crossover_sentence, fidelity_summary, fmt, md_table, pct_ci, pp_ci, signed,
-                            toggle_lines)
+from .analysis.answers import signed
+from .analysis.stats import BASELINE, decided as is_decided
+from .report_format import crossover_sentence, fidelity_summary, fmt, md_table, pct_ci, pp_ci, toggle_lines
 
 
 def _lost_text(cell: dict[str, Any]) -> str:
@@ -127,7 +128,7 @@ def _verdict_section(run: dict[str, Any], analysis: dict[str, Any], plots: dict[
             if not cell["available"]:
                 continue
             over = cell["overhead"].get("cpu_per_op")
-            ranked.append((over["percent"]["median"] if over else float("-inf") if cell["backend"] == "none" else float("inf"),
+            ranked.append((over["percent"]["median"] if over else float("-inf") if cell["backend"] == BASELINE else float("inf"),
                            label, cell, over))
         ranked.sort(key=lambda r: (r[0], r[1]))
         rows = []
@@ -135,7 +136,7 @@ def _verdict_section(run: dict[str, Any], analysis: dict[str, Any], plots: dict[
             cpu = cell["metrics"].get("cpu_per_op", {})
             rate = cell["metrics"].get("rate", {})
             rows.append([str(rank), label, _n(rate.get("median")), _n(cpu.get("median")),
-                         pct_ci(over["percent"]) if over else ("baseline" if cell["backend"] == "none" else "-"),
+                         pct_ci(over["percent"]) if over else ("baseline" if cell["backend"] == BASELINE else "-"),
                          over["verdict"] if over else "-", fidelity_summary(fid.get(key, {}).get(label)) or "-",
                          f"{cell['trials'] - cell['failed']}" + (f" ({cell['failed']} failed)" if cell["failed"] else "")])
         out += md_table(["#", "cell", "rate /s", "CPU µs/op", "CPU overhead [95% CI]", "verdict", "fidelity",
@@ -148,12 +149,12 @@ def _verdict_section(run: dict[str, Any], analysis: dict[str, Any], plots: dict[
         unavailable = [f"{label}: {cell['reason']}" for label, cell in entry["cells"].items() if not cell["available"]]
         if unavailable:
             out += ["", "Not measured on this kernel: " + "; ".join(unavailable)]
-        decided = [c for c in entry["comparisons"] if not c["verdict"].startswith("not decided")]
+        decided = [c for c in entry["comparisons"] if is_decided(c["code"])]
         if entry["comparisons"]:
             out += ["", f"Pairwise (paired per round, CPU µs/op, A - B): {len(decided)} of "
                     f"{len(entry['comparisons'])} pairs decided."]
             rows = [[c["a"], c["b"], _diff(c["diff_a_minus_b"]), c["verdict"]] for c in entry["comparisons"]
-                    if {backend_of(c["a"]), backend_of(c["b"])} & {"tracepoint", "pcap"}]
+                    if {c["a_backend"], c["b_backend"]} & {"tracepoint", "pcap"}]
             if rows:
                 out += [""] + md_table(["A", "B", "A - B µs/op [95% CI]", "verdict"], rows)
         out.append("")

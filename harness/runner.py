@@ -45,12 +45,17 @@ class Cell:
     backend_params: dict[str, Any]
 
     @property
-    def label(self) -> str:
-        """`churn/tracepoint`, or `churn/tracepoint[mode=aggregate]` when a backend parameter
-        differs from its default (the same backend can be measured in several settings)."""
+    def setting(self) -> str:
+        """`tracepoint`, or `tracepoint[mode=aggregate]` when a backend parameter differs from its
+        default (the same backend can be measured in several settings)."""
         changed = [f"{p.name}={self.backend_params[p.name]}" for p in self.backend.params
                    if self.backend_params.get(p.name) != p.default]
-        return f"{self.workload.name}/{self.backend.name}" + (f"[{','.join(changed)}]" if changed else "")
+        return self.backend.name + (f"[{','.join(changed)}]" if changed else "")
+
+    @property
+    def label(self) -> str:
+        """`churn/tracepoint[mode=aggregate]`: the workload and the setting."""
+        return f"{self.workload.name}/{self.setting}"
 
 
 def plan(workload_names: list[str], backend_names: list[str], assignments: dict[str, str]) -> list[Cell]:
@@ -262,6 +267,7 @@ def execute(
             entry = record.add_cell(
                 {
                     "label": cell.label,
+                    "setting": cell.setting,
                     "workload": cell.workload.name,
                     "backend": cell.backend.name,
                     "operation": cell.workload.operation,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .backends import BACKENDS
+from .record import BASELINE
 from .runner import Cell, build_cell
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ VARIANTS: dict[str, tuple[dict[str, str], ...]] = {
     "pcap": ({}, {"consumer": "tcpdump"}),
 }
 # sweeps (thorough profile): overhead against event rate and against throughput
-SWEEP_BACKENDS = ("none", "tracepoint", "pcap")
+SWEEP_BACKENDS = (BASELINE, "tracepoint", "pcap")
 CHURN_RATES = ("2000", "5000", "10000", "20000", "0")  # connections/s; 0 = as fast as possible
 STREAM_MESSAGES = ("1024", "8192", "65536", "131072")  # bytes per send(): throughput rises with it
 

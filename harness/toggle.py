@@ -17,7 +17,7 @@ the mean (../shared/KERNEL-FACTS.md). So, per workload:
 A sample holds the live operation count, the root cpuacct's ns-exact task runtime, the run's own
 cpuacct group's (the rest is the host's CPU that is not the run's: foreign), /proc/stat (steal)
 and each observer's own processes' ns-exact runtime (/proc/<pid>/task/*/schedstat).
-Everything raw goes into run.json (`toggle`, saved after every cycle); toggle_stats.py computes
+Everything raw goes into run.json (`toggle`, saved after every cycle); harness/analysis/toggle_stats.py computes
 the per-window costs and the statistics from it alone. Fidelity stays with the trials.
 """
 
@@ -42,10 +42,11 @@ from .counters import CPUACCT_USAGE
 from .errors import Interrupted, UsageError
 from .interrupts import critical
 from .params import resolve
+from .record import BASELINE
 from .workloads import get_workload
 from .workloads.live import LIVE_WORKLOADS, LiveTraffic
 
-BASELINE, AA_TWIN = "none", "none (A/A)"
+AA_TWIN = f"{BASELINE} (A/A)"
 
 
 @dataclass(frozen=True)

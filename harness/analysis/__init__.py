@@ -8,6 +8,9 @@ that made it; an import-linter contract keeps it so), so `tpbench report` recomp
   attribution    whether the observer named the process behind each event
   visibility     the kernel-state visibility matrix
   inkernel       in-kernel cost per event from the kernel's bpf_stats
+  answers        the tracepoint-vs-libpcap answer per workload, from the paired comparisons
+  sweeps         sweeps over one parameter and their crossovers (plots.py draws them)
   headline       the one-screen answer: tracepoint against libpcap, with the peers
   benchjson      pytest-benchmark's JSON, written from a record
+  full           all of it: analysis.json
 """

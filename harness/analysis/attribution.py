@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from .stats import workload_key
-from .fidelity import setting_label
+from .stats import setting_label
 
 OTHER_SIDE = {"client": "server", "server": "client"}
 

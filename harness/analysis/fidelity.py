@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .stats import cell_label, workload_key
+from .stats import BASELINE, cell_label, setting_label, workload_key
 from ..tcp import CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT2, LISTEN, SIDES, SYN_RECV, SYN_SENT, arrow
 
 # Precedence when a name has several declarations (synack's server declares synack_retransmit
@@ -58,12 +58,6 @@ KERNEL_CHECKS: tuple[tuple[tuple[str, ...], str, str, str], ...] = (
      "SYN-ACK retransmit; tcp_retransmit_skb fires once per skb (also for attempts that fail), so the two "
      "agree only when every retransmitted skb is one segment"),
 )
-
-
-def setting_label(cell: dict[str, Any]) -> str:
-    """The backend and its non-default parameters: `tracepoint[mode=aggregate]`."""
-    label = cell_label(cell)
-    return label.split("/", 1)[1] if "/" in label else cell["backend"]
 
 
 def invisible_names(details: dict[str, Any]) -> dict[str, str]:
@@ -288,7 +282,7 @@ def fidelity(run: dict[str, Any]) -> dict[str, Any]:
     """workload key -> cell label -> cell_fidelity (cells without ok trials are left out)."""
     out: dict[str, dict[str, Any]] = {}
     for cell in run["cells"]:
-        if cell["backend"] == "none":
+        if cell["backend"] == BASELINE:
             continue  # the baseline observes nothing
         result = cell_fidelity(cell)
         if result is not None:

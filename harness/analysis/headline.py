@@ -1,6 +1,6 @@
 """The one-screen answer: per workload, level x consumer, tracepoint against libpcap, with the peers.
 
-Reads only analysis results (toggle_stats' groups, analysis.py's trial cells, visibility.py's
+Reads only analysis results (toggle_stats' groups, stats.py's trial cells, visibility.py's
 matrix), so `tpbench report` rebuilds it from run.json. Per toggled workload, one row per headline
 pairing (level: state or full; consumer: c or python):
 

@@ -25,11 +25,12 @@ from typing import Any, Callable
 import numpy as np
 from scipy import stats as scipy_stats
 
+from ..record import BASELINE
+
 CONFIDENCE = 0.95
 RESAMPLES = 4000
 SEED = 20261126
 DECIDE_PP = 2.0  # a verdict needs a CI half-width of at most this many percentage points
-BASELINE = "none"
 FOREIGN_TRIAL_LIMIT = 0.10  # share of the CPUs' capacity used outside the run over the measured loop
 
 
@@ -122,27 +123,56 @@ def _samples(cell: dict[str, Any], metric: str) -> dict[int, float]:
 
 
 def cell_label(cell: dict[str, Any]) -> str:
+    """`churn/tracepoint[mode=aggregate]`: the workload, the backend and its non-default parameters."""
     return cell.get("label") or f"{cell['workload']}/{cell['backend']}"
+
+
+def setting_label(cell: dict[str, Any]) -> str:
+    """The backend and its non-default parameters: `tracepoint[mode=aggregate]`. Records carry it
+    as "setting" (from 2026-12-05); in older ones it is the label's part after the workload."""
+    if "setting" in cell:
+        return cell["setting"]
+    label = cell_label(cell)
+    return label.split("/", 1)[1] if "/" in label else cell["backend"]
+
+
+def _verdict_fields(verdict: dict[str, Any]) -> dict[str, Any]:
+    """An overhead's verdict as analysis.json keeps it: the code, the direction, the sentence."""
+    return {"verdict": verdict["sentence"], "code": verdict["code"], "direction": verdict["direction"]}
 
 
 def _paired(a: dict[int, float], b: dict[int, float]) -> list[float]:
     return [a[i] - b[i] for i in sorted(set(a) & set(b))]
 
 
-def _verdict(diff: Estimate | None, scale: float, decide_pp: float, lower_is_better: bool = True) -> str:
+# Verdict codes: what code reads. The sentence beside each ("verdict") is made for display only.
+TOO_FEW, NOT_DECIDED, NO_DIFFERENCE, COSTS_MORE, COSTS_LESS = (
+    "too_few_trials", "not_decided", "no_difference", "costs_more", "costs_less")
+
+
+def judge(diff: Estimate | None, scale: float, decide_pp: float, lower_is_better: bool = True) -> dict[str, Any]:
+    """{"code", "direction", "sentence"}: direction is "above"/"below" when an undecided CI still
+    excludes 0 (the sign known, the precision not yet), else None."""
     if diff is None or diff.low is None:
-        return "not decided: too few paired trials (need 3 or more)"
+        return {"code": TOO_FEW, "direction": None,
+                "sentence": "not decided: too few paired trials (need 3 or more)"}
     half_pp = diff.half_width / scale * 100 if scale else float("inf")
     if half_pp > decide_pp:
         text = f"not decided: CI half-width {half_pp:.1f} pp > {decide_pp:g} pp, run longer"
+        direction = None
         if not diff.low <= 0 <= diff.high:  # imprecise, but the sign is known: say so, apart
-            higher = diff.low > 0
-            text += f"; direction only: {'above' if higher else 'below'} 0 at {CONFIDENCE:.0%} confidence"
-        return text
+            direction = "above" if diff.low > 0 else "below"
+            text += f"; direction only: {direction} 0 at {CONFIDENCE:.0%} confidence"
+        return {"code": NOT_DECIDED, "direction": direction, "sentence": text}
     if diff.low <= 0 <= diff.high:
-        return "no significant difference"
+        return {"code": NO_DIFFERENCE, "direction": None, "sentence": "no significant difference"}
     worse = diff.low > 0 if lower_is_better else diff.high < 0
-    return "costs more" if worse else "costs less"
+    code = COSTS_MORE if worse else COSTS_LESS
+    return {"code": code, "direction": None, "sentence": code.replace("_", " ")}
+
+
+def decided(code: str) -> bool:
+    return code not in (TOO_FEW, NOT_DECIDED)
 
 
 def analyse(run: dict[str, Any], decide_pp: float = DECIDE_PP) -> dict[str, Any]:
@@ -159,7 +189,7 @@ def analyse(run: dict[str, Any], decide_pp: float = DECIDE_PP) -> dict[str, Any]
         for cell in cells:
             label = cell_label(cell)
             if not cell.get("available", True):
-                entry["cells"][label] = {"backend": cell["backend"], "available": False,
+                entry["cells"][label] = {"backend": cell["backend"], "setting": setting_label(cell), "available": False,
                                          "reason": cell.get("availability")}
                 continue
             failed = [t for t in cell["trials"] if t.get("status") != "ok"]
@@ -181,10 +211,10 @@ def analyse(run: dict[str, Any], decide_pp: float = DECIDE_PP) -> dict[str, Any]
                             "diff": diff.to_dict(),
                             "percent": {k: (v / scale * 100 if v is not None else None)
                                         for k, v in (("median", diff.median), ("low", diff.low), ("high", diff.high))},
-                            "verdict": _verdict(diff, scale, decide_pp, lower_is_better=metric != "rate"),
+                            **_verdict_fields(judge(diff, scale, decide_pp, lower_is_better=metric != "rate")),
                         }
             entry["cells"][label] = {
-                "backend": cell["backend"], "available": True, "trials": len(cell["trials"]),
+                "backend": cell["backend"], "setting": setting_label(cell), "available": True, "trials": len(cell["trials"]),
                 "failed": len(failed), "excluded_foreign": sum(1 for t in cell["trials"] if foreign_trial(t)),
                 "lost": [t["observed"]["lost"] for t in cell["trials"] if t.get("status") == "ok"],
                 "metrics": metrics, "overhead": overhead,
@@ -204,18 +234,25 @@ def _comparisons(cells: list[dict[str, Any]], baseline: dict[str, Any] | None, d
             diff = estimate(_paired(_samples(a, "cpu_per_op"), _samples(b, "cpu_per_op")))
             if diff is None:
                 continue
-            verdict = _verdict(diff, scale or 0.0, decide_pp)
-            sentence = {
-                "costs more": f"{cell_label(b)} is cheaper than {cell_label(a)}",
-                "costs less": f"{cell_label(a)} is cheaper than {cell_label(b)}",
-            }.get(verdict, verdict)
-            if verdict.startswith("not decided") and diff.low is not None and not diff.low <= 0 <= diff.high:
-                cheaper = cell_label(b) if diff.low > 0 else cell_label(a)
+            verdict = judge(diff, scale or 0.0, decide_pp)
+            # in A - B terms: "costs more" means A costs more, so B is the cheaper
+            cheaper = {COSTS_MORE: "b", COSTS_LESS: "a"}.get(verdict["code"])
+            code = f"{cheaper}_cheaper" if cheaper else verdict["code"]
+            sentence = {"a": f"{cell_label(a)} is cheaper than {cell_label(b)}",
+                        "b": f"{cell_label(b)} is cheaper than {cell_label(a)}"}.get(cheaper, verdict["sentence"])
+            leaning = None
+            if verdict["code"] == NOT_DECIDED and verdict["direction"]:
+                leaning = "b" if verdict["direction"] == "above" else "a"
                 sentence = sentence.split("; direction only")[0] + (
-                    f"; direction only: {cheaper} is cheaper at {CONFIDENCE:.0%} confidence")
-            out.append({"a": cell_label(a), "b": cell_label(b), "metric": "cpu_per_op", "unit": "us",
+                    f"; direction only: {cell_label(b) if leaning == 'b' else cell_label(a)} is cheaper at "
+                    f"{CONFIDENCE:.0%} confidence")
+            out.append({"a": cell_label(a), "b": cell_label(b),
+                        "a_backend": a["backend"], "b_backend": b["backend"],
+                        "a_setting": setting_label(a), "b_setting": setting_label(b),
+                        "metric": "cpu_per_op", "unit": "us",
                         "diff_a_minus_b": diff.to_dict(),
                         "percent_of_baseline": (diff.median / scale * 100) if scale else None,
+                        "code": code, "cheaper": cheaper, "direction_cheaper": leaning,
                         "verdict": sentence, "confidence": CONFIDENCE})
     return out
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .stats import cell_label
 from .attribution import cell_attribution
-from .fidelity import invisible_names, observes_nothing, setting_label
+from .fidelity import invisible_names, observes_nothing
+from .stats import BASELINE, cell_label, setting_label
 
 from ..tcp import EVENT_KINDS, LIFE_ORDER as STATES, NEW_SYN_RECV, ends
 
@@ -156,7 +156,7 @@ def visibility(run: dict[str, Any]) -> dict[str, Any]:
     columns: dict[str, list[dict[str, Any]]] = {}
     unavailable: dict[str, str] = {}
     for cell in run["cells"]:
-        if cell["backend"] == "none" or observes_nothing(cell):
+        if cell["backend"] == BASELINE or observes_nothing(cell):
             continue  # the baseline and cost-floor cells observe nothing by design
         setting = setting_label(cell)
         if not cell.get("available", True):

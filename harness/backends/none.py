@@ -7,6 +7,7 @@ from typing import Any
 from netns import Topology
 
 from ..kernel import KernelProbe
+from ..record import BASELINE
 from .base import Availability, Observation
 
 
@@ -36,7 +37,7 @@ class _NothingSwitched:
 
 
 class NoneBackend:
-    name = "none"
+    name = BASELINE
     description = "no observer: the baseline every overhead is measured against"
     hooks: tuple[str, ...] = ()
     params = ()

@@ -7,6 +7,7 @@ import json
 import statistics
 import sys
 
+from ..record import BASELINE
 from .common import add_command, add_run_options, comma_list, progress_display, summary
 
 
@@ -21,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "parameters: `-p name=value` goes to every selected workload/backend declaring `name`;\n"
         "`-p backend.name=value` to one only. `tpbench list` shows them all.",
     )
-    run.add_argument("-b", "--backend", type=comma_list, default=["none"],
+    run.add_argument("-b", "--backend", type=comma_list, default=[BASELINE],
                      help="comma list of backends (default: none, the no-observer baseline)")
     run.add_argument("-w", "--workload", type=comma_list, default=["churn"],
                      help="comma list of workloads (default: churn)")

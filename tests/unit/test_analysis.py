@@ -52,7 +52,7 @@ def test_overhead_is_paired_per_round_and_decided_only_when_tight():
     over = cells["churn/tracepoint"]["overhead"]["cpu_per_op"]
     assert over["diff"]["median"] == pytest.approx(10.0)  # us per operation
     assert over["percent"]["median"] == pytest.approx(10.0, rel=0.01)  # of the baseline's 100 us
-    assert over["verdict"] == "costs more"
+    assert over["verdict"] == "costs more" and over["code"] == "costs_more" and over["direction"] is None
     assert cells["churn/pcap"]["overhead"]["cpu_per_op"]["verdict"] == "no significant difference"
     assert cells["churn/sockdiag"]["overhead"]["cpu_per_op"]["verdict"].startswith("not decided")
 
@@ -63,6 +63,9 @@ def test_pairwise_comparison_names_the_cheaper_backend():
                           _cell("pcap", [b + 0.010 for b in base])))
     [comparison] = next(iter(result["workloads"].values()))["comparisons"]
     assert comparison["verdict"] == "churn/tracepoint is cheaper than churn/pcap"
+    # what code reads: the code and the structured identity, never the sentence or the label
+    assert (comparison["code"], comparison["cheaper"]) == ("a_cheaper", "a")
+    assert (comparison["a_backend"], comparison["a_setting"], comparison["b_setting"]) == ("tracepoint", "tracepoint", "pcap")
     assert comparison["diff_a_minus_b"]["median"] == pytest.approx(-9.0)
 
 
@@ -106,15 +109,18 @@ def test_an_imprecise_but_significant_difference_says_its_direction_and_stays_un
     entry = next(iter(result["workloads"].values()))
     verdict = entry["cells"]["churn/pcap"]["overhead"]["cpu_per_op"]["verdict"]
     assert verdict.startswith("not decided") and verdict.endswith("direction only: above 0 at 95% confidence")
+    assert entry["cells"]["churn/pcap"]["overhead"]["cpu_per_op"]["direction"] == "above"
     [comparison] = entry["comparisons"]
     assert comparison["verdict"].startswith("not decided")
     assert comparison["verdict"].endswith("direction only: churn/tracepoint is cheaper at 95% confidence")
+    assert (comparison["code"], comparison["cheaper"], comparison["direction_cheaper"]) == ("not_decided", None, "a")
 
 
 def test_two_paired_trials_compare_as_too_few_without_a_direction():
     result = analyse(_run(_cell("none", [0.1, 0.11]), _cell("tracepoint", [0.1, 0.11]), _cell("pcap", [0.2, 0.21])))
     [comparison] = next(iter(result["workloads"].values()))["comparisons"]
     assert comparison["verdict"] == "not decided: too few paired trials (need 3 or more)"
+    assert (comparison["code"], comparison["direction_cheaper"]) == ("too_few_trials", None)
 
 
 def test_an_observers_deferred_work_is_inside_its_cost_per_operation():
