@@ -132,7 +132,8 @@ def run_trial(cell: Cell, run_id: str) -> dict[str, Any]:
             with critical():
                 observation = attachment.detach()
                 detached = True
-            # sampled events for per-flow matching: matched below, never stored raw (bounded record)
+            # sampled events for per-flow matching: stored apart from the observation (bounded by
+            # the consumers' fixed tables), matched by the analysis
             flow_events = observation.details.pop("flow_events", None)
             trial["detach_s"] = round(time.perf_counter() - started, 4)
         finally:
@@ -168,12 +169,10 @@ def run_trial(cell: Cell, run_id: str) -> dict[str, Any]:
     if foreign is not None and truth.duration_s:  # the host's CPU outside the run's cgroup
         trial["foreign_share"] = round(foreign / (truth.duration_s * trial["cpu_count"]), 4)
     if truth.flows is not None and flow_events is not None:
-        scored = frozenset(flow_events.get("scored") or
-                           flowmatch.scored_from_hooks(observation.details.get("hooks_attached", [])))
+        scored = sorted(flow_events.get("scored") or
+                        flowmatch.scored_from_hooks(observation.details.get("hooks_attached", [])))
         if scored:
-            trial["flows"] = flowmatch.match(truth.flows, flow_events["events"], flow_events["overflow"], scored,
-                                             flow_events.get("invisible", ()), flow_events.get("clock_tolerance_ns", 0))
-            trial["flows"]["sk_overflow"] = flow_events.get("sk_overflow", 0)  # socket-address table full
+            trial["flow_sample"] = flowmatch.flow_sample(truth.flows, {**flow_events, "scored": scored})
     return trial
 
 

@@ -152,13 +152,46 @@ def match(truth: dict[str, Any], events: Iterable[list[int]], overflow: int = 0,
     return result
 
 
+def flow_sample(truth: dict[str, Any], observed: dict[str, Any]) -> dict[str, Any]:
+    """What a trial's record keeps for per-flow matching, raw: the workload's sampled flows
+    (truth_flows()) and the observer's sampled events with what qualifies them (overflow, scored,
+    invisible, clock_tolerance_ns, sk_overflow). Bounded: both sides keep fixed tables (FLOW_SLOTS
+    per churn worker, FLOW_EVENTS in the consumers) and count their overflow. Each flow and event is
+    one string of its numbers ("ts side kind old new port"): one line of run.json, not eight."""
+    keep = ("overflow", "scored", "invisible", "clock_tolerance_ns", "sk_overflow")
+    return {"truth": {**truth, "flows": [_pack(f) for f in truth["flows"]]},
+            "observed": {"events": [_pack(e) for e in observed["events"]],
+                         **{k: observed[k] for k in keep if k in observed}}}
+
+
+def _pack(numbers: Iterable[int]) -> str:
+    return " ".join(map(str, numbers))
+
+
+def _unpack(text: str) -> list[int]:
+    return [int(n) for n in text.split()]
+
+
+def trial_flows(trial: dict[str, Any]) -> dict[str, Any] | None:
+    """A trial's per-flow result, matched from its raw flow_sample (records before 2026-12-05
+    stored only the result, as "flows")."""
+    if "flow_sample" not in trial:
+        return trial.get("flows")
+    truth, seen = trial["flow_sample"]["truth"], trial["flow_sample"]["observed"]
+    result = match({**truth, "flows": [_unpack(f) for f in truth["flows"]]}, [_unpack(e) for e in seen["events"]],
+                   seen.get("overflow", 0), frozenset(seen["scored"]), seen.get("invisible", ()),
+                   seen.get("clock_tolerance_ns", 0))
+    result["sk_overflow"] = seen.get("sk_overflow", 0)  # socket-address table full
+    return result
+
+
 def aggregate(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """workload key -> cell label -> the ok trials' per-flow results summed (cells with any)."""
     from .stats import workload_key
 
     out: dict[str, dict[str, Any]] = {}
     for cell in run["cells"]:
-        results = [t["flows"] for t in cell.get("trials", []) if t.get("status") == "ok" and t.get("flows")]
+        results = [r for t in cell.get("trials", []) if t.get("status") == "ok" and (r := trial_flows(t))]
         if not results:
             continue
         total: dict[str, Any] = {

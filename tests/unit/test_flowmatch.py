@@ -90,3 +90,22 @@ def test_raw_records_are_sampled_by_client_port_like_the_c_consumer():
     assert flowmatch.sample_record(record(0, 130, 7000)) is None  # not a sampled port
     assert flowmatch.sample_record(record(1, 7000, 0)) is None  # the listener
     assert len(record(0, 1, 2)) == 56
+
+
+def test_a_record_keeps_the_raw_sample_and_the_analysis_matches_it():
+    import json
+
+    events = connection(64, 1000, skip={(0, CLOSE_WAIT, LAST_ACK)}) + connection(128, 2000)
+    observed = {"events": events, "overflow": 0, "scored": ["sock_destroy", "transitions"], "sk_overflow": 2,
+                "unrelated": "not kept"}
+    trial = json.loads(json.dumps({"status": "ok", "flow_sample": flowmatch.flow_sample(truth((64, 1000), (128, 2000)),
+                                                                                        observed)}))
+    assert "unrelated" not in trial["flow_sample"]["observed"]
+    result = flowmatch.trial_flows(trial)
+    assert result == {**flowmatch.match(truth((64, 1000), (128, 2000)), events), "sk_overflow": 2}
+    assert result["sides"]["client"]["missing"] == 1 and result["sides"]["server"]["exact"] == 2
+    old = {"status": "ok", "flows": result}  # a record made before raw samples were kept
+    run = {"cells": [{"label": "churn/tracepoint", "workload": "churn", "backend": "tracepoint",
+                      "params": {"workload": {}, "backend": {}}, "trials": [trial, old]}]}
+    [[label, total]] = flowmatch.aggregate(run)["churn()"].items()
+    assert label == "churn/tracepoint" and total["trials"] == 2 and total["flows"] == 4
