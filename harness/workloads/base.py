@@ -121,7 +121,8 @@ class Workload(Protocol):
 
 
 class Agent:
-    """A `harness.agents.<module>` process (or a native one) inside a host's namespace, speaking JSON lines."""
+    """A traffic agent, `harness.agents.traffic.<module>` (or a native one), inside a host's namespace,
+    speaking JSON lines."""
 
     def __init__(self, host: Host, module: str, args: list[str], executable: Path | None = None):
         """executable: a native agent (harness/agents/traffic/c/) speaking the same JSON lines."""
@@ -129,7 +130,7 @@ class Agent:
         if executable is not None:
             self.argv = [str(executable), *args]
         else:
-            self.argv = [sys.executable, "-m", f"harness.agents.{module}", *args]
+            self.argv = [sys.executable, "-m", f"harness.agents.traffic.{module}", *args]
         # stderr goes to an unlinked file, never to a pipe nobody reads while the agent runs:
         # an agent with more to say than a pipe holds (64 KiB) would block in write() for good
         self.stderr = tempfile.TemporaryFile(mode="w+", prefix="tpbench-agent-")
