@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.system import read_sysctl
-from tests.conftest import REPO, TPBENCH, leftovers, tpbench, wait_for
+from tests.helpers import REPO, TPBENCH, leftovers, tpbench, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -137,9 +137,12 @@ def test_sigkill_at_a_random_point_leaves_nothing_after_cleanup(tmp_path, iterat
             assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
     else:  # killed before the run folder existed: nothing of it may exist either
         result = tpbench("cleanup", "--run", "00000000T000000-0000", check=True)
-    time.sleep(0.2)  # the C consumer exits when its stdin (the dead run's pipe) reaches EOF
     assert read_sysctl("kernel.bpf_stats_enabled") == stats_before, result.stdout
-    assert _our_programs() == programs_before  # BPF programs die with the process that held them
+    # the C consumer exits when its stdin (the dead run's pipe) reaches EOF, and the BPF programs
+    # die with the last process that held them: wait for both, then look once more
+    wait_for(lambda: not _processes("ringbuf_consumer") and _our_programs() == programs_before, 30,
+             "the dead run's consumer and programs to go")
+    assert _our_programs() == programs_before
     assert not _processes("ringbuf_consumer"), _processes("ringbuf_consumer")
     assert not [p for p in _processes("harness.agents") if str(tmp_path) in p or "pcap_capture" in p]
 

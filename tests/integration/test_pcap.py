@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from harness.runner import settle
 from harness.workloads import WORKLOADS, get_workload
 from netns import Topology
 from netns.topology import pids_in_netns
-from tests.conftest import tpbench
+from tests.helpers import tpbench, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -93,11 +92,20 @@ def test_churn_syn_opens_equal_connections_with_no_drop_and_every_visible_transi
 
 def _independent_capture(topology: Topology, path: Path) -> subprocess.Popen:
     process = topology.server.popen(
-        ["tcpdump", "-i", topology.server.ifname, "-s", "128", "-p", "-n", "-Z", "root", "-U", "-w", str(path),
-         FILTERS["full"]],
+        # --immediate-mode: each packet as it arrives (no ring-block timeout); -U: written as it comes
+        ["tcpdump", "-i", topology.server.ifname, "-s", "128", "-p", "-n", "-Z", "root", "--immediate-mode", "-U",
+         "-w", str(path), FILTERS["full"]],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert "listening on" in process.stderr.readline()
     return process
+
+
+def _captured(path: Path) -> int:
+    """Packets in a capture file tcpdump is still writing (a record cut short is not counted)."""
+    try:
+        return _count(path)["captured"]
+    except Exception:  # scapy on a half-written record: not yet
+        return 0
 
 
 def _count(path: Path) -> dict[str, int]:
@@ -128,7 +136,9 @@ def test_an_independent_capture_agrees_on_packet_counts(tmp_path, consumer):
             # 2000 of the reference's 2001): detach once both namespaces are at rest, as trials do
             assert not settle(topology)["unsettled"]
             observation = capture.detach()
-            time.sleep(2.2)  # two block timeouts of tcpdump's ring: the reference has every packet
+            # the reference has written every packet the backend counted (or the test fails here)
+            wanted = observation.details["packets"]["captured"]
+            wait_for(lambda: _captured(reference_path) >= wanted, 30, "the reference capture to catch up")
         finally:
             reference.send_signal(signal.SIGINT)
             reference.wait(10)

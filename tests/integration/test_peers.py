@@ -9,7 +9,7 @@ from harness.backends import BACKENDS
 from harness.backends.peers import TOOLS
 from harness.backends.tracepoint import kernel_version
 from harness.kernel import probe
-from tests.conftest import tpbench
+from tests.helpers import tpbench
 from tests.host import BLIND_CONNECTIONS
 
 pytestmark = pytest.mark.root

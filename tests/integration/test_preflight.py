@@ -12,7 +12,7 @@ import pytest
 
 from harness import preflight
 from harness.system import tracefs_mounted
-from tests.conftest import REPO, TPBENCH, tpbench, wait_for
+from tests.helpers import REPO, TPBENCH, tpbench, wait_for
 
 pytestmark = pytest.mark.root
 

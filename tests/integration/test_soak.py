@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.system import read_sysctl
-from tests.conftest import leftovers_of_runs, tpbench
+from tests.helpers import leftovers_of_runs, tpbench
 
 pytestmark = pytest.mark.root
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.conftest import tpbench
+from tests.helpers import tpbench
 
 pytestmark = pytest.mark.root
 

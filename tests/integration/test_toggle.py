@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from harness.report import load_run
-from tests.conftest import leftovers, tpbench
+from tests.helpers import leftovers, tpbench
 
 pytestmark = pytest.mark.root
 

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 from netns import Topology
-from tests.conftest import leftovers
+from tests.helpers import leftovers
 
 pytestmark = pytest.mark.root
 

@@ -10,7 +10,7 @@ import pytest
 from harness.backends import get_backend
 from harness.params import resolve
 from harness.system import tracefs_mounted, tracefs_path
-from tests.conftest import tpbench
+from tests.helpers import tpbench
 
 pytestmark = pytest.mark.root
 

@@ -3,14 +3,12 @@ independent tracer (a private ftrace instance) on the same traffic."""
 
 import json
 import subprocess
-import sys
-import time
 
 import pytest
 
 from harness.analysis import flowmatch
 from harness.system import read_sysctl
-from tests.conftest import FtraceCount, tpbench
+from tests.helpers import FtraceCount, foreign_loopback_churn, tpbench
 
 pytestmark = pytest.mark.root
 
@@ -136,23 +134,11 @@ def test_hook_selection_attaches_only_the_chosen_tracepoints(tmp_path):
     assert set(trial["observed"]["events"]) == {"state_change", "sock_destroy"}
 
 
-LOOPBACK_CHURN = """
-import socket, time
-listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen(128)
-deadline = time.monotonic() + float(__import__("sys").argv[1])
-while time.monotonic() < deadline:
-    c = socket.create_connection(listener.getsockname()); a, _ = listener.accept(); a.close(); c.close()
-"""
 
 
 def test_the_hosts_other_tcp_traffic_is_filtered_out_in_the_kernel(tmp_path):
-    foreign = subprocess.Popen([sys.executable, "-c", LOOPBACK_CHURN, "30"])
-    try:
-        time.sleep(0.2)
+    with foreign_loopback_churn(30):
         trial = _run("connections=2000", tmp_path=tmp_path, anyway=True)
-    finally:
-        foreign.kill()
-        foreign.wait()
     filtered = trial["observed"]["details"]["filtered_out"]
     assert filtered.get("state_change", 0) > 0  # loopback connections were running meanwhile ...
     _check_churn_accounting(trial, 2000)  # ... and none of them reached the results

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tpbench
+from tests.helpers import tpbench
 
 pytestmark = [pytest.mark.root, pytest.mark.vm]
 

@@ -8,7 +8,7 @@ import pytest
 
 from harness.workloads.netfilter import DropRule, Offloads
 from netns import Topology
-from tests.conftest import tpbench
+from tests.helpers import tpbench
 
 pytestmark = pytest.mark.root
 

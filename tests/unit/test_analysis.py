@@ -6,7 +6,7 @@ import pytest
 
 from harness.analysis.stats import analyse, estimate
 from harness.analysis.benchjson import benchmark_json
-from tests.conftest import tpbench
+from tests.helpers import tpbench
 
 
 def _trial(index: int, rate: float, busy_s: float, ops: int = 1000, lost: int = 0) -> dict:

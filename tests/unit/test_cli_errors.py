@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.conftest import leftovers, tpbench
+from tests.helpers import leftovers, tpbench
 
 BAD_INPUT = [
     (["run", "-b", "nosuch"], "unknown backend 'nosuch' (valid: none"),

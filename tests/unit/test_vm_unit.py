@@ -10,7 +10,7 @@ import pytest
 
 from harness.errors import UsageError
 from harness.vm import kernel_release
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 DEBIAN_KERNELS = sorted(Path("/boot").glob("vmlinuz-*"))
 
