@@ -191,6 +191,56 @@ class Agent:
                 stream.close()
 
 
+class AgentPair:
+    """The traffic agents' one lifecycle: the server first, up once it says it listens, then the
+    client, up once it says `client_ready` ("starting", "connected"); both killed on leaving the
+    block whatever happened (a finished agent is only reaped).
+
+        with AgentPair(topology, "rr", server_args, client_args, "connected") as pair:
+            client_result, server_result = pair.wait(timeout_s)
+    """
+
+    def __init__(self, topology: Topology, module: str, server_args: list[str], client_args: list[str],
+                 client_ready: str, executable: Path | None = None):
+        self.topology, self.module, self.executable = topology, module, executable
+        self.server_args, self.client_args, self.client_ready_message = server_args, client_args, client_ready
+        self.server: Agent | None = None
+        self.client: Agent | None = None
+
+    def __enter__(self) -> "AgentPair":
+        try:
+            self.server = Agent(self.topology.server, self.module, self.server_args, self.executable)
+            self.server_ready = self.server.read_message("listening")
+            self.client = Agent(self.topology.client, self.module, self.client_args, self.executable)
+            self.client_ready = self.client.read_message(self.client_ready_message)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def wait(self, timeout_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The client finishing its work by itself within timeout_s, then the server told to stop:
+        (client result, server result)."""
+        client_result = self.client.wait_result(timeout_s)
+        return client_result, self.server.finish(10)
+
+    def stop(self, timeout_s: float = 60) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Both told to stop now (an open-ended client first): (client result, server result)."""
+        client_result = self.client.finish(timeout_s)
+        return client_result, self.server.finish(10)
+
+    def alive(self) -> bool:
+        return all(agent is not None and agent.process.poll() is None for agent in (self.client, self.server))
+
+    def kill(self) -> None:
+        for agent in (self.client, self.server):
+            if agent is not None:
+                agent.kill()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.kill()
+
+
 def latency_summary(log2_histogram: dict[int, int]) -> dict[str, Any]:
     """p50/p90/p99/max from a log2 histogram (bucket b = [2^(b-1), 2^b) ns), as upper bounds."""
     total = sum(log2_histogram.values())

@@ -16,7 +16,7 @@ from netns import Host, Topology
 from ..params import Param
 from ..tcp import LISTENER
 from .base import (
-    Agent,
+    AgentPair,
     GroundTruth,
     WorkloadError,
     add_counts,
@@ -122,20 +122,10 @@ def run_churn(
     timeout_s = 30 + connections / 500 + connections * size / 50e6 + extra_timeout_s
     if rate:
         timeout_s += connections / rate
-    server = Agent(topology.server, "churn", ["server", *address], executable)
-    client = None
-    try:
-        server.read_message("listening")
-        client = Agent(topology.client, "churn",
-                       ["client", *address, "--concurrency", str(concurrency), "--rate", str(rate)], executable)
-        client_ready = client.read_message("starting")
-        client_result = client.wait_result(timeout_s)
-        server_result = server.finish(10)
-    finally:
-        for agent in (client, server):
-            if agent is not None:
-                agent.kill()
-    client_result["ready_pid"] = client_ready["pid"]
+    client_args = ["client", *address, "--concurrency", str(concurrency), "--rate", str(rate)]
+    with AgentPair(topology, "churn", ["server", *address], client_args, "starting", executable) as pair:
+        client_result, server_result = pair.wait(timeout_s)
+    client_result["ready_pid"] = pair.client_ready["pid"]
     made = client_result["connections"]
     if made + sum(client_result["failures"].values()) != connections:
         raise WorkloadError(f"client accounted for {made} of {connections} connections")

@@ -25,7 +25,7 @@ from typing import Any
 from netns import Topology
 
 from ..system import STATE_DIR
-from .base import Agent, WorkloadError
+from .base import AgentPair, WorkloadError
 from .native import agent_binary
 
 COUNTER_STRIDE_BYTES = 64  # one cache line per writer (agents/common.py COUNTER_STRIDE * 8)
@@ -125,24 +125,22 @@ class LiveTraffic:
             self.workload, self.params, self.topology, STATE_DIR / f"counter-{self.name}")
         self.counter = LiveCounter(self.name, writers)
         self._stack.callback(self.counter.close)
-        self.server = Agent(self.topology.server, module, server_args, executable)
-        self._stack.callback(self.server.kill)
-        ready = self.server.read_message("listening")
-        self.client = Agent(self.topology.client, module, client_args, executable)
-        self._stack.callback(self.client.kill)
-        started = self.client.read_message("starting")
-        self.pids = {"client": [started["pid"], *started.get("workers", [])], "server": [ready["pid"]]}
+        self.agents = self._stack.enter_context(
+            AgentPair(self.topology, module, server_args, client_args, "starting", executable))
+        started = self.agents.client_ready
+        self.pids = {"client": [started["pid"], *started.get("workers", [])], "server": [self.agents.server_ready["pid"]]}
 
     def operations(self) -> int:
         return self.counter.read()
 
     def alive(self) -> bool:
-        return self.client.process.poll() is None and self.server.process.poll() is None
+        return self.agents.alive()
 
     def __exit__(self, *exc: Any) -> None:
         try:
             if exc[0] is None:
-                self.result = {"client": self.client.finish(60), "server": self.server.finish(10)}
+                client_result, server_result = self.agents.stop(60)
+                self.result = {"client": client_result, "server": server_result}
                 self.result["client"].pop("flows", None)  # trials match flows; here only the count matters
         finally:
             self._stack.close()

@@ -21,7 +21,7 @@ from ..errors import UsageError
 from ..params import Param
 from ..tcp import ABORT, LISTENER, OPEN, REFUSED
 from .base import (
-    Agent,
+    AgentPair,
     GroundTruth,
     WorkloadError,
     add_counts,
@@ -79,19 +79,11 @@ class Resets:
     def run(self, topology: Topology, params: dict[str, Any]) -> GroundTruth:
         aborts, refused = params["aborts"], params["refused"]
         common = ["--address", topology.server.address, "--port", str(PORT)]
-        server = Agent(topology.server, "resets", ["server", *common, "--aborts", str(aborts)])
-        client = None
-        try:
-            server.read_message("listening")
-            client = Agent(topology.client, "resets", ["client", *common, "--closed-port", str(CLOSED_PORT),
-                                                        "--aborts", str(aborts), "--refused", str(refused)])
-            client_ready = client.read_message("starting")
-            client_result = client.wait_result(30 + (aborts + refused) / 500)
-            server_result = server.finish(10)
-        finally:
-            for agent in (client, server):
-                if agent is not None:
-                    agent.kill()
+        client_args = ["client", *common, "--closed-port", str(CLOSED_PORT), "--aborts", str(aborts),
+                       "--refused", str(refused)]
+        with AgentPair(topology, "resets", ["server", *common, "--aborts", str(aborts)], client_args,
+                       "starting") as pair:
+            client_result, server_result = pair.wait(30 + (aborts + refused) / 500)
         outcomes = client_result["outcomes"]
         done_aborts = outcomes["abort"].get("aborted", 0)
         done_refused = outcomes["refused"].get("ECONNREFUSED", 0)
@@ -115,7 +107,7 @@ class Resets:
             operations=done,
             duration_s=client_result["duration_ns"] / 1e9,
             expected=expected_events(done_aborts, done_refused),
-            pids={"client": [client_ready["pid"]], "server": [server_result["pid"]]},
+            pids={"client": [pair.client_ready["pid"]], "server": [server_result["pid"]]},
             latency=latency_summary({int(k): v for k, v in client_result["latency_log2_ns"].items()}),
             cpu_ticks=client_result["cpu_ticks"],
         )

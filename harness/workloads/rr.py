@@ -16,7 +16,7 @@ from netns import Topology
 from ..params import Param
 from ..tcp import LISTENER
 from .base import (
-    Agent,
+    AgentPair,
     GroundTruth,
     WorkloadError,
     add_counts,
@@ -74,18 +74,9 @@ class RequestResponse:
         common = ["--address", topology.server.address, "--port", str(PORT), "--connections", str(connections)]
         # Generous: ~20k transactions/s here for small messages; big messages add copy time.
         timeout_s = 30 + transactions / 2000 + transactions * (params["request"] + params["response"]) / 50e6
-        server = Agent(topology.server, "rr", ["server", *common, *sizes])
-        client = None
-        try:
-            server.read_message("listening")
-            client = Agent(topology.client, "rr", ["client", *common, *sizes, "--transactions", str(transactions)])
-            client_ready = client.read_message("connected")
-            client_result = client.wait_result(timeout_s)
-            server_result = server.finish(10)
-        finally:
-            for agent in (client, server):
-                if agent is not None:
-                    agent.kill()
+        with AgentPair(topology, "rr", ["server", *common, *sizes],
+                       ["client", *common, *sizes, "--transactions", str(transactions)], "connected") as pair:
+            client_result, server_result = pair.wait(timeout_s)
         opened = client_result["connections"]
         done = client_result["transactions"]
         if client_result["failures"] or done != transactions or opened != connections:
@@ -108,7 +99,7 @@ class RequestResponse:
             operations=done,
             duration_s=duration_s,
             expected=expected_events(opened, done),
-            pids={"client": [client_ready["pid"]], "server": [server_result["pid"]]},
+            pids={"client": [pair.client_ready["pid"]], "server": [server_result["pid"]]},
             latency=latency_summary({int(k): v for k, v in client_result["latency_log2_ns"].items()}),
             cpu_ticks=client_result["cpu_ticks"],
         )

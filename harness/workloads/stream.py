@@ -21,7 +21,7 @@ from netns import Topology
 from ..params import Param
 from ..tcp import LISTENER
 from .base import (
-    Agent,
+    AgentPair,
     GroundTruth,
     WorkloadError,
     add_counts,
@@ -86,19 +86,10 @@ def run_stream(topology: Topology, params: dict[str, Any], drop_every: int | Non
                  "--dport", str(PORT), "--tcp-flags", "SYN,FIN,RST", "NONE", "-m", "length", "--length", "53:65535"],
                 drop_every, f"tpbench-loss-{topology.id}",
             ))
-        server = Agent(topology.server, "stream", ["server", *common])
-        client = None
-        try:
-            server.read_message("listening")
-            client = Agent(topology.client, "stream", ["client", *common, "--bytes", str(total),
-                                                       "--duration", str(duration_s), "--message", str(message)])
-            client_ready = client.read_message("connected")
-            client_result = client.wait_result(timeout_s)
-            server_result = server.finish(10)
-        finally:
-            for agent in (client, server):
-                if agent is not None:
-                    agent.kill()
+        client_args = ["client", *common, "--bytes", str(total), "--duration", str(duration_s),
+                       "--message", str(message)]
+        with AgentPair(topology, "stream", ["server", *common], client_args, "connected") as pair:
+            client_result, server_result = pair.wait(timeout_s)
     # leaving the stack read the drop rule's counter, then removed the rule and restored offloads
     sent, received = client_result["sent"], server_result["received"]
     if received != sent:
@@ -127,7 +118,7 @@ def run_stream(topology: Topology, params: dict[str, Any], drop_every: int | Non
         operations=sent,
         duration_s=duration,
         expected=expected_events(dropped),
-        pids={"client": [client_ready["pid"]], "server": [server_result["pid"]]},
+        pids={"client": [pair.client_ready["pid"]], "server": [server_result["pid"]]},
         latency=latency_summary({int(k): v for k, v in client_result["latency_log2_ns"].items()}),
         cpu_ticks=client_result["cpu_ticks"],
     )
