@@ -118,6 +118,14 @@ def resolve(
     return values
 
 
+def resolve_plugin(plugin: Any, given: Mapping[str, str]) -> dict[str, Any]:
+    """A backend's or workload's parameters: each parsed and range-checked (`resolve`), then the
+    constraints between them (the plugin's `check_params`, part of both protocols)."""
+    values = resolve(plugin.name, plugin.params, given)
+    plugin.check_params(values)
+    return values
+
+
 def split_for_plugins(
     given: Mapping[str, str],
     plugins: Mapping[str, Iterable[Param]],

@@ -30,7 +30,7 @@ from .errors import Interrupted, UsageError
 from .headers import find_headers
 from .interrupts import check as check_interrupt, critical
 from .kernel import KernelProbe, probe
-from .params import Param, resolve, split_for_plugins
+from .params import Param, resolve_plugin, split_for_plugins
 from .record import RunRecord, new_run_id, utc_now
 from .system import require_root, run_cgroup, run_lock, tracefs_mounted
 from .toggle import Group, run_groups
@@ -74,11 +74,7 @@ def plan(workload_names: list[str], backend_names: list[str], assignments: dict[
     for plugin in (*workloads, *backends):
         plugins[plugin.name] = tuple(plugin.params)
     routed = split_for_plugins(assignments, plugins)
-    resolved = {name: resolve(name, plugins[name], given) for name, given in routed.items()}
-    for plugin in (*workloads, *backends):
-        check = getattr(plugin, "check_params", None)  # optional: constraints between parameters
-        if check is not None:
-            check(resolved[plugin.name])
+    resolved = {plugin.name: resolve_plugin(plugin, routed.get(plugin.name, {})) for plugin in (*workloads, *backends)}
     return [
         Cell(workload, backend, resolved[workload.name], resolved[backend.name])
         for workload in workloads
@@ -90,13 +86,7 @@ def build_cell(workload_name: str, workload_params: dict[str, str], backend_name
                backend_params: dict[str, str]) -> Cell:
     """One cell from names and textual parameters, validated as `plan` validates them."""
     workload, backend = get_workload(workload_name), get_backend(backend_name)
-    resolved = {plugin.name: resolve(plugin.name, plugin.params, given)
-                for plugin, given in ((workload, workload_params), (backend, backend_params))}
-    for plugin in (workload, backend):
-        check = getattr(plugin, "check_params", None)
-        if check is not None:
-            check(resolved[plugin.name])
-    return Cell(workload, backend, resolved[workload.name], resolved[backend.name])
+    return Cell(workload, backend, resolve_plugin(workload, workload_params), resolve_plugin(backend, backend_params))
 
 
 def interleaved(cells: list[Cell], trials: int) -> list[tuple[Cell, int]]:

@@ -41,7 +41,7 @@ from .backends.processes import task_runtime_ns as _task_ns
 from .counters import CPUACCT_USAGE
 from .errors import Interrupted, UsageError
 from .interrupts import critical
-from .params import resolve
+from .params import resolve_plugin
 from .record import BASELINE
 from .workloads import get_workload
 from .workloads.live import LIVE_WORKLOADS, LiveTraffic
@@ -98,7 +98,7 @@ def plan_group(workload_name: str, workload_params: dict[str, str],
         raise UsageError(f"workload {workload_name!r} has no live mode for toggling "
                          f"(toggled: {', '.join(LIVE_WORKLOADS)}; other workloads run as trials)")
     workload = get_workload(workload_name)
-    group = Group(workload_name, resolve(workload.name, workload.params, workload_params), settings=settings or Settings())
+    group = Group(workload_name, resolve_plugin(workload, workload_params), settings=settings or Settings())
     none = get_backend(BASELINE)
     group.arms += [Arm(BASELINE, none, {}, "baseline"), Arm(AA_TWIN, none, {}, "aa")]
     for name, given in observers:
@@ -108,10 +108,7 @@ def plan_group(workload_name: str, workload_params: dict[str, str],
         if not hasattr(backend, "prepare"):
             raise UsageError(f"backend {name} cannot be switched on and off yet (toggled: "
                              "tracepoint, tracepoint-empty, pcap); measure it with trials")
-        params = resolve(backend.name, backend.params, given)
-        check = getattr(backend, "check_params", None)
-        if check is not None:
-            check(params)
+        params = resolve_plugin(backend, given)
         label = _label(backend, params)
         if label in {a.label for a in group.arms}:
             raise UsageError(f"{label} given twice")

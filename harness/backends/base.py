@@ -81,6 +81,11 @@ class Backend(Protocol):
 
     def attach(self, topology: Topology, params: dict[str, Any]) -> Attachment: ...
 
+    def check_params(self, params: dict[str, Any]) -> None:
+        """Constraints between parameters (each alone is checked by its Param): raise UsageError.
+        None by default; a backend subclasses this protocol to inherit that."""
+        return None
+
 
 class Switch(Protocol):
     """An observer prepared once (compiled, loaded, consumer running) and switched on and off.

@@ -40,7 +40,7 @@ from ..headers import find_headers, header_file
 from ..kernel import KernelProbe, _btf_func_id, attach_by_btf_id, load_fentry, probe_tracepoints, resolve_functions
 from ..params import Param, names_check, parse_names
 from ..tcp import HOOKS as TCP_HOOKS
-from .base import Availability, Observation
+from .base import Availability, Backend, Observation
 from .tracepoint import MISSES_COUNTED_FROM, BackendError, Program, TracepointBackend, _Session, kernel_version, tracepoint_flags
 from .witness import CHECK_SLOTS, FIELD_NAMES, summarize_check, witness_fidelity  # noqa: F401 (re-exported)
 
@@ -162,7 +162,7 @@ def attach_fentries(bpf: Any, chosen: dict[str, str], attached: list[str], absen
         raise BackendError(f"the kernel refused every fentry program: {absent}")
 
 
-class KprobeBackend:
+class KprobeBackend(Backend):
     def __init__(self, fentry: bool = False):
         self.fentry = fentry
         self.name = "fentry" if fentry else "kprobe"

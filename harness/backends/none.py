@@ -8,7 +8,7 @@ from netns import Topology
 
 from ..kernel import KernelProbe
 from ..record import BASELINE
-from .base import Availability, Observation
+from .base import Availability, Backend, Observation
 
 
 class _Nothing:
@@ -36,7 +36,7 @@ class _NothingSwitched:
         return {}
 
 
-class NoneBackend:
+class NoneBackend(Backend):
     name = BASELINE
     description = "no observer: the baseline every overhead is measured against"
     hooks: tuple[str, ...] = ()

@@ -59,7 +59,7 @@ from ..params import Param
 from ..system import die_with_runner
 from .processes import DeferredCpu, cached_binary, kill, process_cpu_s, read_line, reap
 from ..tcp import EVENT_KINDS, FLOW_SAMPLE, SIDES
-from .base import Availability, Observation
+from .base import Availability, Backend, Observation
 
 FILTERS = {
     "state": "tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0",
@@ -427,7 +427,7 @@ def read_capture_file(path: Path, sides: dict[str, str]) -> dict[str, Any]:
     return result
 
 
-class PcapBackend:
+class PcapBackend(Backend):
     name = "pcap"
     description = "libpcap on the server's veth: TPACKET_V3 ring, kernel cBPF filter, headers only"
     hooks = ("libpcap: AF_PACKET TPACKET_V3 ring + cBPF socket filter on the server's veth",)

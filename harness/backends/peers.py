@@ -49,7 +49,7 @@ from ..kernel import KernelProbe
 from ..params import Param
 from ..system import die_with_runner
 from ..tcp import SIDES, arrow, state_name
-from .base import Availability, Observation
+from .base import Availability, Backend, Observation
 from .processes import DeferredCpu, kill, process_cpu_s, reap
 from .tracepoint import MISSES_COUNTED_FROM, BackendError, kernel_version
 
@@ -433,7 +433,7 @@ class _PeerRun:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-class PeerBackend:
+class PeerBackend(Backend):
     """One of TOOLS as a backend."""
 
     params: tuple[Param, ...] = ()

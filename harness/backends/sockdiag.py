@@ -30,7 +30,7 @@ from netns import Topology
 from ..kernel import KernelProbe
 from ..params import Param
 from ..system import die_with_runner
-from .base import Availability, Observation
+from .base import Availability, Backend, Observation
 from .processes import DeferredCpu, kill, read_line, reap
 from ..decoders.sockdiag_infer import misses
 
@@ -143,7 +143,7 @@ class _Pollers:
             kill(process)
 
 
-class SockdiagBackend:
+class SockdiagBackend(Backend):
     name = "sockdiag"
     description = "polls TCP sockets over netlink sock_diag (what ss does) in each namespace; no hook"
     hooks = ("netlink NETLINK_SOCK_DIAG: SOCK_DIAG_BY_FAMILY dumps (inet_diag)",)

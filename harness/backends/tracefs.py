@@ -42,7 +42,7 @@ from ..kernel import KernelProbe, probe_tracepoints
 from ..params import Param
 from ..system import die_with_runner, tracefs_path
 from ..tcp import EVENT_KINDS, TRACEPOINT_KINDS as KINDS, transition
-from .base import Availability, Observation
+from .base import Availability, Backend, Observation
 from .processes import DeferredCpu, kill, read_line, reap
 from ..decoders.tracefs_ring import DEFAULT_LAYOUT, native_u32, page_header_layout
 from .tracepoint import HOOKS, _check_hooks, parse_hooks
@@ -276,7 +276,7 @@ def remove_instance(instance: Path) -> None:
         pass
 
 
-class TracefsBackend:
+class TracefsBackend(Backend):
     name = "tracefs"
     description = "the 7 TCP tracepoints via ftrace's own ring buffer (private instance, kernel filter), no BPF"
     hooks = tuple(HOOKS.values())

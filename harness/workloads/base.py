@@ -119,6 +119,11 @@ class Workload(Protocol):
 
     def run(self, topology: Topology, params: dict[str, Any]) -> GroundTruth: ...
 
+    def check_params(self, params: dict[str, Any]) -> None:
+        """Constraints between parameters (each alone is checked by its Param): raise UsageError.
+        None by default; a workload subclasses this protocol to inherit that."""
+        return None
+
 
 class Agent:
     """A traffic agent, `harness.agents.traffic.<module>` (or a native one), inside a host's namespace,

@@ -18,6 +18,7 @@ from ..tcp import LISTENER
 from .base import (
     AgentPair,
     GroundTruth,
+    Workload,
     WorkloadError,
     add_counts,
     connection_transitions,
@@ -132,7 +133,7 @@ def run_churn(
     return client_result, server_result
 
 
-class Churn:
+class Churn(Workload):
     name = "churn"
     description = "N connect/accept/close cycles (state changes at the highest rate)"
     operation = "connection"

@@ -23,6 +23,7 @@ from ..tcp import ABORT, LISTENER, OPEN, REFUSED
 from .base import (
     AgentPair,
     GroundTruth,
+    Workload,
     WorkloadError,
     add_counts,
     latency_summary,
@@ -62,7 +63,7 @@ def expected_events(aborts: int, refused: int) -> dict[str, Any]:
     }
 
 
-class Resets:
+class Resets(Workload):
     name = "resets"
     description = "abortive closes (SO_LINGER {1,0}) and connects to a closed port (RST both ways)"
     operation = "reset"

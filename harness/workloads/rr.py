@@ -18,6 +18,7 @@ from ..tcp import LISTENER
 from .base import (
     AgentPair,
     GroundTruth,
+    Workload,
     WorkloadError,
     add_counts,
     connection_transitions,
@@ -57,7 +58,7 @@ def expected_events(connections: int, transactions: int) -> dict[str, Any]:
     return expected
 
 
-class RequestResponse:
+class RequestResponse(Workload):
     name = "rr"
     description = "request/response transactions on persistent connections (few state changes, many packets)"
     operation = "transaction"

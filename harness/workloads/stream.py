@@ -23,6 +23,7 @@ from ..tcp import LISTENER
 from .base import (
     AgentPair,
     GroundTruth,
+    Workload,
     WorkloadError,
     add_counts,
     connection_transitions,
@@ -130,7 +131,7 @@ _SIZE_PARAMS = (
 )
 
 
-class Stream:
+class Stream(Workload):
     name = "stream"
     description = "one bulk transfer for a byte count or a duration (almost no state changes, very many packets)"
     operation = "byte"
@@ -145,7 +146,7 @@ class Stream:
         return run_stream(topology, params, None)
 
 
-class Loss:
+class Loss(Workload):
     name = "loss"
     description = "a stream with every Nth data packet dropped in the server's namespace (iptables nth)"
     operation = "byte"

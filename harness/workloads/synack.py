@@ -17,7 +17,7 @@ from typing import Any
 from netns import Topology
 
 from ..params import Param
-from .base import GroundTruth, latency_summary
+from .base import GroundTruth, Workload, latency_summary
 from .churn import PORT, delivery, expected_events as churn_expected, run_churn
 from .netfilter import DropRule
 
@@ -51,7 +51,7 @@ def expected_events(connections: int, dropped: int) -> dict[str, Any]:
     return expected
 
 
-class SynAck:
+class SynAck(Workload):
     name = "synack"
     description = "handshakes with every Nth SYN-ACK dropped in the client's namespace (tcp_retransmit_synack)"
     operation = "connection"
