@@ -41,6 +41,7 @@ def render_markdown(run: dict[str, Any], analysis: dict[str, Any], plots: dict[s
     out += _conditions_section(analysis, plots)
     out += _fidelity_section(analysis)
     out += _in_kernel_section(analysis)
+    out += _cross_check_section(analysis)
     out += _flows_section(analysis)
     out += _visibility_section(analysis)
     out += _attribution_section(analysis)
@@ -284,6 +285,26 @@ def _in_kernel_section(analysis: dict[str, Any]) -> list[str]:
         if group["multiples"]:
             out.append("")
     return out
+
+
+def _cross_check_section(analysis: dict[str, Any]) -> list[str]:
+    checks = analysis.get("cross_check") or []
+    if not checks:
+        return []
+    out = ["## Function probes against the tracepoint", "",
+           "Each kprobe/fentry cell against the tracepoint cell of the same workload, trial by trial (same index: "
+           "two runs of the same declared traffic): transitions per side, and the declared events of every kind "
+           "both attached for; and the in-kernel ns per event (bpf_stats, witness programs apart).", ""]
+    rows = [[c["workload"], " vs ".join(c["backends"]), str(c["trials_compared"]),
+             "equal" if c["counts_equal"] else f"{len(c['differences'])} differ",
+             " / ".join(fmt(c["ns_per_event"].get(b)) for b in c["backends"]),
+             "-" if c["ns_per_event_ratio"] is None else f"{c['ns_per_event_ratio']:.2f}x"] for c in checks]
+    out += md_table(["workload", "backends", "trials", "counts", "ns/event", "ratio"], rows) + [""]
+    for c in checks:
+        out += [f"- {c['workload']}, {c['backends'][0]}: {d}" for d in c["differences"][:10]]
+        if len(c["differences"]) > 10:
+            out.append(f"- {c['workload']}, {c['backends'][0]}: ... {len(c['differences']) - 10} more")
+    return out + ([""] if any(c["differences"] for c in checks) else [])
 
 
 def _visibility_section(analysis: dict[str, Any]) -> list[str]:

@@ -86,6 +86,22 @@ HOOKS: dict[str, tuple[str, str]] = {
 TRACEPOINTS: tuple[str, ...] = tuple(tracepoint for tracepoint, _ in HOOKS.values())
 TRACEPOINT_KINDS: dict[str, str] = dict(HOOKS.values())
 
+# The kprobe and fentry backends' hooks (-p hooks=...: the kernel functions behind the events,
+# resolved per kernel in backends/kprobe.py) -> the tracepoint reporting the same events, their
+# witness; a hook reports its tracepoint's kind (TRACEPOINT_KINDS)
+FUNCTION_HOOKS: dict[str, str] = {
+    "state": "sock:inet_sock_set_state",  # tcp_set_state
+    "state_other": "sock:inet_sock_set_state",  # inet_sk_set_state
+    "listen": "sock:inet_sock_set_state",  # inet_csk_listen_start
+    "retransmit": "tcp:tcp_retransmit_skb",
+    "synack": "tcp:tcp_retransmit_synack",
+    "send_reset": "tcp:tcp_send_reset",  # tcp_v4_send_reset
+    "active_reset": "tcp:tcp_send_reset",  # tcp_send_active_reset
+    "receive_reset": "tcp:tcp_receive_reset",
+    "destroy": "tcp:tcp_destroy_sock",
+    "probe": "tcp:tcp_probe",  # tcp_rcv_established
+}
+
 # One connection in FLOW_SAMPLE (by client port) is followed event by event, by the workload and
 # by the observers alike
 FLOW_SAMPLE = 64

@@ -29,8 +29,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .analysis.crosscheck import cross_check
 from .errors import UsageError
 from .headers import CACHE_DIR
+from .record import write_json_atomic
 from .system import die_with_runner
 
 REPO = Path(__file__).resolve().parent.parent
@@ -255,12 +257,9 @@ def run_in_vm(image: Path, tpbench_args: list[str], out_root: Path, cpus: int, m
             cell["timing"] = "emulated" if emulated else "kvm"
             for trial in cell.get("trials", []):
                 trial["emulated"] = emulated
-        from .backends.kprobe import cross_check
-
-        record["cross_check"] = cross_check(record)
         target = out_root / f"{record['run_id']}-vm-{guest_release}"
         target.mkdir(parents=True, exist_ok=True)
-        (target / "run.json").write_text(json.dumps(record, indent=1))
+        write_json_atomic(target / "run.json", record)
         (target / "guest-stderr.log").write_text(stderr)
         shutil.copy2(work / "vm.log", target / "vm.log")
         return {
@@ -270,7 +269,7 @@ def run_in_vm(image: Path, tpbench_args: list[str], out_root: Path, cpus: int, m
             "kernel": record["kernel"]["release"],
             "headers": {"kind": record["headers"]["kind"], "package_version": record["headers"]["package_version"]},
             "vm": vm_info,
-            "cross_check": record["cross_check"],
+            "cross_check": cross_check(record),  # analysis.json's, printed by `tpbench vm`
             "cells": record["cells"],
             "exit_status": rc,
         }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import flowmatch, headline, inkernel, toggle_stats
+from . import crosscheck, flowmatch, headline, inkernel, toggle_stats
 from .answers import tracepoint_vs_pcap
 from .attribution import attribution
 from .fidelity import fidelity
@@ -15,7 +15,7 @@ from .visibility import visibility
 
 def full_analysis(run: dict[str, Any]) -> dict[str, Any]:
     """stats.analyse() plus fidelity, visibility, attribution, flows, the answers, the toggled
-    measurement, the in-kernel cost and the sweeps: analysis.json, from run.json alone."""
+    measurement, the in-kernel cost, the kprobe/fentry cross-check and the sweeps: analysis.json, from run.json alone."""
     result = analyse(run)
     result["fidelity"] = fidelity(run)
     result["visibility"] = visibility(run)
@@ -27,6 +27,7 @@ def full_analysis(run: dict[str, Any]) -> dict[str, Any]:
     result["headline"], result["aa"] = toggled["headline"], toggled["aa"]
     result["matrix"] = headline.matrix(result)
     result["in_kernel"] = inkernel.analyse(run)
+    result["cross_check"] = crosscheck.cross_check(run)
     operations = {c["workload"]: c.get("operation") or "operation" for c in run["cells"]}
     result["sweeps"] = sweeps(result, operations)
     return result

@@ -39,7 +39,7 @@ from ..errors import UsageError
 from ..headers import find_headers, header_file
 from ..kernel import KernelProbe, _btf_func_id, attach_by_btf_id, load_fentry, probe_tracepoints, resolve_functions
 from ..params import Param, names_check, parse_names
-from ..tcp import HOOKS as TCP_HOOKS
+from ..tcp import FUNCTION_HOOKS, TRACEPOINT_KINDS
 from .base import Availability, Backend, Observation
 from .tracepoint import MISSES_COUNTED_FROM, BackendError, Program, TracepointBackend, _Session, kernel_version, tracepoint_flags
 from .witness import CHECK_SLOTS, FIELD_NAMES, summarize_check, witness_fidelity  # noqa: F401 (re-exported)
@@ -49,30 +49,32 @@ SOURCE = Path(__file__).with_name("kprobe.bpf.c")
 
 @dataclass(frozen=True)
 class Hook:
-    kind: str
     candidates: tuple[str, ...]  # first present one wins
-    tracepoint: str  # the stable tracepoint reporting the same events (the witness)
+    tracepoint: str  # the stable tracepoint reporting the same events (the witness: tcp.FUNCTION_HOOKS)
     # why the tracepoint may legitimately not fire for an event the function sees (6.1 code)
     tracepoint_conditional: str | None = None
 
+    @property
+    def kind(self) -> str:
+        return TRACEPOINT_KINDS[self.tracepoint]
 
-_TP = {short: tracepoint for short, (tracepoint, _) in TCP_HOOKS.items()}
-HOOKS = {
-    "state": Hook("state_change", ("tcp_set_state",), _TP["state"]),
-    "state_other": Hook("state_change", ("inet_sk_set_state",), _TP["state"]),
-    "listen": Hook("state_change", ("inet_csk_listen_start",), _TP["state"]),
-    "retransmit": Hook("retransmit", ("__tcp_retransmit_skb", "tcp_retransmit_skb"), _TP["retransmit"],
-                       "before 6.x the tracepoint fires only for a retransmission that left (err == 0)"),
-    "synack": Hook("synack_retransmit", ("tcp_rtx_synack",), _TP["synack"],
-                   "the tracepoint fires only when the SYN-ACK was sent"),
-    "send_reset": Hook("reset_sent", ("tcp_v4_send_reset",), _TP["send_reset"],
-                       "before 6.10 the tracepoint fires only for a full socket (not TIME_WAIT/request, "
-                       "not socketless)"),
-    "active_reset": Hook("reset_sent", ("tcp_send_active_reset",), _TP["send_reset"]),
-    "receive_reset": Hook("reset_received", ("tcp_reset",), _TP["receive_reset"]),
-    "destroy": Hook("sock_destroy", ("tcp_v4_destroy_sock",), _TP["destroy"]),
-    "probe": Hook("probe", ("tcp_rcv_established",), _TP["probe"]),
+
+_FUNCTIONS = {
+    "state": (("tcp_set_state",), None),
+    "state_other": (("inet_sk_set_state",), None),
+    "listen": (("inet_csk_listen_start",), None),
+    "retransmit": (("__tcp_retransmit_skb", "tcp_retransmit_skb"),
+                   "before 6.x the tracepoint fires only for a retransmission that left (err == 0)"),
+    "synack": (("tcp_rtx_synack",), "the tracepoint fires only when the SYN-ACK was sent"),
+    "send_reset": (("tcp_v4_send_reset",), "before 6.10 the tracepoint fires only for a full socket "
+                   "(not TIME_WAIT/request, not socketless)"),
+    "active_reset": (("tcp_send_active_reset",), None),
+    "receive_reset": (("tcp_reset",), None),
+    "destroy": (("tcp_v4_destroy_sock",), None),
+    "probe": (("tcp_rcv_established",), None),
 }
+HOOKS = {name: Hook(candidates, FUNCTION_HOOKS[name], conditional)
+         for name, (candidates, conditional) in _FUNCTIONS.items()}
 ALL_FUNCTIONS = tuple(dict.fromkeys(f for hook in HOOKS.values() for f in hook.candidates))
 
 
@@ -283,65 +285,3 @@ class KprobeBackend(Backend):
 
     def attach(self, topology: Any, params: dict[str, Any]) -> _Session:
         return _Session(self, topology, params)
-
-
-def cross_check(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """kprobe/fentry cells against the tracepoint cell of the same workload in one run record.
-
-    Each trial is fresh traffic, so only a deterministic workload (churn) must give equal counts;
-    the witness (details.fidelity) is the per-event check on the same traffic. Compared per side:
-    state transitions, and the events of every kind both backends attached for. Also the in-kernel
-    cost per event from bpf_stats, and their ratio (the kernel's own bench: tracepoints ~1.4x faster).
-    """
-    results = []
-    cells = [c for c in record.get("cells", []) if c.get("available")]
-    for probe_cell in (c for c in cells if c["backend"] in ("kprobe", "fentry")):
-        for tp_cell in (c for c in cells if c["backend"] == "tracepoint" and c["workload"] == probe_cell["workload"]):
-            pairs = [(a, b) for a in probe_cell["trials"] for b in tp_cell["trials"]
-                     if a.get("index") == b.get("index") and a["status"] == b["status"] == "ok"]
-            differences: list[str] = []
-            for probe_trial, tp_trial in pairs:
-                kinds = {HOOKS[h].kind for h in probe_trial["observed"]["details"].get("functions", {})}
-                tp_kinds = {k for tp, k in _TRACEPOINT_KINDS.items()
-                            if tp in tp_trial["observed"]["details"].get("hooks_attached", [])}
-                expected = probe_trial.get("ground_truth", {}).get("expected", {})
-                for side in ("client", "server", "other"):
-                    # Two trials are two runs of traffic: only what the workload declares exactly is
-                    # the same in both. Rare events (a port reused against TIME_WAIT: one RST, one SYN
-                    # retransmit) differ by nature and are held to each trial's own kernel counters.
-                    # (declared 0 included: churn declares no RST, yet a reused port can cause one)
-                    declared = {k for k, n in expected.get(side, {}).get("events", {}).items() if n}
-                    mine = probe_trial["observed"]["sides"].get(side, {"events": {}, "transitions": {}})
-                    theirs = tp_trial["observed"]["sides"].get(side, {"events": {}, "transitions": {}})
-                    if "state_change" in kinds & tp_kinds:
-                        for name in sorted(set(mine["transitions"]) | set(theirs["transitions"])):
-                            a, b = mine["transitions"].get(name, 0), theirs["transitions"].get(name, 0)
-                            if a != b:
-                                differences.append(f"trial {probe_trial['index']} {side} {name}: "
-                                                   f"{probe_cell['backend']} {a}, tracepoint {b}")
-                    for kind in sorted(kinds & tp_kinds & declared):
-                        a, b = mine["events"].get(kind, 0), theirs["events"].get(kind, 0)
-                        if a != b:
-                            differences.append(f"trial {probe_trial['index']} {side} {kind}: "
-                                               f"{probe_cell['backend']} {a}, tracepoint {b}")
-            cost = {}
-            for cell in (probe_cell, tp_cell):
-                runs = sum(t["observed"]["details"]["bpf_stats"]["run_time_ns"] for t in cell["trials"] if t["status"] == "ok")
-                count = sum(t["observed"]["details"]["bpf_stats"]["run_cnt"] for t in cell["trials"] if t["status"] == "ok")
-                cost[cell["backend"]] = round(runs / count, 1) if count else None
-            ratio = (round(cost[probe_cell["backend"]] / cost["tracepoint"], 2)
-                     if cost.get("tracepoint") and cost.get(probe_cell["backend"]) else None)
-            results.append({
-                "workload": probe_cell["workload"],
-                "backends": [probe_cell["backend"], "tracepoint"],
-                "trials_compared": len(pairs),
-                "counts_equal": bool(pairs) and not differences,
-                "differences": differences,
-                "ns_per_event": cost,
-                "ns_per_event_ratio": ratio,
-            })
-    return results
-
-
-# tracepoint -> the event kind it reports (the tracepoint backend's hooks_attached names these)
-_TRACEPOINT_KINDS = {hook.tracepoint: hook.kind for hook in HOOKS.values()}

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from harness.tcp import EVENT_KINDS
-from harness.backends.kprobe import CHECK_SLOTS, FIELD_NAMES, HOOKS, cross_check, resolve_hooks, summarize_check
+from harness.analysis.crosscheck import cross_check
+from harness.backends.kprobe import CHECK_SLOTS, FIELD_NAMES, HOOKS, resolve_hooks, summarize_check
 from harness.backends.tracepoint import bpf_source
 from harness.kernel import resolve_functions
 
