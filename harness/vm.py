@@ -196,7 +196,7 @@ def run_in_vm(image: Path, tpbench_args: list[str], out_root: Path, cpus: int, m
     say(f"vm: kernel {release} ({image}), {cpus} CPUs, {memory}, "
         f"{'KVM' if kvm else 'emulated (TCG)'}: {why}")
     # The C ring-buffer consumer is built here (host gcc) and handed to the guest's cache.
-    from .backends.tracepoint import consumer_binary
+    from .backends.ringbuf import consumer_binary
 
     work = Path(tempfile.mkdtemp(prefix="tpbench-vm-"))
     try:

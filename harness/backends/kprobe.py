@@ -16,8 +16,9 @@ absent = inlined or renamed, or only as a .isra/.constprop/.part clone, which is
 the record says per hook what was attached to what.
 
 The BPF C is kprobe.bpf.c; the event record, maps, modes (stream/aggregate), transports, consumers,
-per-CPU batching, bpf_stats accounting and the topology address filter are the tracepoint backend's
-(tcp_events.bpf.h and tracepoint.py's session), so both are measured through the same code.
+per-CPU batching, bpf_stats accounting and the topology address filter are shared with the tracepoint
+backend (tcp_events.bpf.h, bpf_build.py, bpf_session.py, ringbuf.py), so both are measured through the
+same code.
 
 Struct reads are checked, not trusted (`-p check=true`, the default): the tracepoints for the same
 events are attached as witnesses, and every event the kprobe reports is compared field by field
@@ -41,7 +42,9 @@ from ..kernel import KernelProbe, _btf_func_id, attach_by_btf_id, load_fentry, p
 from ..params import Param, names_check, parse_names
 from ..tcp import FUNCTION_HOOKS, TRACEPOINT_KINDS
 from .base import Availability, Backend, Observation
-from .tracepoint import MISSES_COUNTED_FROM, BackendError, Program, TracepointBackend, _Session, kernel_version, tracepoint_flags
+from .bpf_build import MISSES_COUNTED_FROM, BackendError, Program, kernel_version, tracepoint_flags
+from .bpf_session import Session
+from .tracepoint import TracepointBackend
 from .witness import CHECK_SLOTS, FIELD_NAMES, summarize_check, witness_fidelity  # noqa: F401 (re-exported)
 
 SOURCE = Path(__file__).with_name("kprobe.bpf.c")
@@ -253,7 +256,7 @@ class KprobeBackend(Backend):
                 except Exception as exc:
                     raise BackendError(f"kprobe on {symbol} (hook {name}) failed: {exc}") from None
 
-        def finish(session: _Session, observation: Observation, witness_stats: dict[str, Any]) -> None:
+        def finish(session: Session, observation: Observation, witness_stats: dict[str, Any]) -> None:
             reason = "check=false" if not params["check"] else "no witness tracepoint on this kernel"
             # the hooks attached in the end (fentry drops those the kernel refused)
             attached_kinds = {HOOKS[n].kind for n in chosen}
@@ -283,5 +286,5 @@ class KprobeBackend(Backend):
             prelude=uapi_prelude(headers.path),
         )
 
-    def attach(self, topology: Any, params: dict[str, Any]) -> _Session:
-        return _Session(self, topology, params)
+    def attach(self, topology: Any, params: dict[str, Any]) -> Session:
+        return Session(self, topology, params)

@@ -51,7 +51,7 @@ from ..system import die_with_runner
 from ..tcp import SIDES, arrow, state_name
 from .base import Availability, Backend, Observation
 from .processes import DeferredCpu, kill, process_cpu_s, reap
-from .tracepoint import MISSES_COUNTED_FROM, BackendError, kernel_version
+from .bpf_build import MISSES_COUNTED_FROM, BackendError, kernel_version
 
 START_TIMEOUT_S = 120.0  # a bcc compile under emulation (the VMs) takes tens of seconds
 DRAIN_QUIET_S = 0.3  # output unchanged this long after the workload: the tool has printed what it had

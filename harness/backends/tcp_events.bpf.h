@@ -5,7 +5,7 @@
 // streams (ring buffer with per-CPU batching, or perf buffer). A probe only decodes its hook's
 // arguments into handle()'s parameters, so both backends are measured through identical code.
 //
-// Compile-time parameters (-D), set by harness/backends/tracepoint.py's session:
+// Compile-time parameters (-D), set by harness/backends/bpf_session.py:
 //   EMPTY, MODE_AGGREGATE, TRANSPORT_RINGBUF, RINGBUF_PAGES, WAKEUP_BATCH, BATCH,
 //   CLIENT_ADDR, SERVER_ADDR  (see tracepoint.bpf.c)
 #ifndef TPBENCH_TCP_EVENTS_BPF_H

@@ -45,7 +45,7 @@ from ..tcp import EVENT_KINDS, TRACEPOINT_KINDS as KINDS, transition
 from .base import Availability, Backend, Observation
 from .processes import DeferredCpu, kill, read_line, reap
 from ..decoders.tracefs_ring import DEFAULT_LAYOUT, native_u32, page_header_layout
-from .tracepoint import HOOKS, _check_hooks, parse_hooks
+from .tracepoint import HOOKS, check_hooks, parse_hooks
 
 INSTANCE_PREFIX = "tpb"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -282,7 +282,7 @@ class TracefsBackend(Backend):
     hooks = tuple(HOOKS.values())
     params = (
         Param("hooks", str, "all", "tracepoints to enable: all, or short names joined by '+' "
-              f"({'+'.join(HOOKS)})", check=_check_hooks),
+              f"({'+'.join(HOOKS)})", check=check_hooks),
         # 76 bytes per inet_sock_set_state entry (72 + 4 header): 32 MiB per CPU holds ~440k events
         # per CPU, over a second of the churn generator's top rate if the reader got no CPU at all.
         Param("buffer_kib", int, 32768, "ring buffer size per CPU in KiB (buffer_size_kb)",

@@ -22,7 +22,7 @@
 //   CLIENT_ADDR, SERVER_ADDR  the topology's two addresses, as a native load of network bytes
 
 // The record, maps and handle() are shared with the kprobe backend: tcp_events.bpf.h (inlined
-// by the loader, bpf_source() in tracepoint.py: bcc rewrites map calls only in its main file).
+// by the loader, bpf_source() in bpf_build.py: bcc rewrites map calls only in its main file).
 #include "tcp_events.bpf.h"
 
 #ifdef NEED_SK_RST_REASON_STUB

@@ -7,7 +7,7 @@ import pytest
 
 from harness.backends import BACKENDS
 from harness.backends.peers import TOOLS
-from harness.backends.tracepoint import kernel_version
+from harness.backends.bpf_build import kernel_version
 from harness.kernel import probe
 from tests.helpers import tpbench
 from tests.host import BLIND_CONNECTIONS

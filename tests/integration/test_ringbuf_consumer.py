@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from harness.backends.tracepoint import consumer_binary
+from harness.backends.ringbuf import consumer_binary
 
 pytestmark = pytest.mark.root
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from harness import btf
-from harness.backends.tracepoint import RAW_FIELDS, kernel_version, raw_offset_flags
+from harness.backends.bpf_build import RAW_FIELDS, kernel_version, raw_offset_flags
 
 needs_btf = pytest.mark.skipif(not btf.VMLINUX.exists(), reason="no /sys/kernel/btf/vmlinux on this kernel")
 

@@ -7,8 +7,8 @@ import pytest
 
 from harness.tcp import EVENT_KINDS
 from harness.analysis.crosscheck import cross_check
+from harness.backends.bpf_build import bpf_source
 from harness.backends.kprobe import CHECK_SLOTS, FIELD_NAMES, HOOKS, resolve_hooks, summarize_check
-from harness.backends.tracepoint import bpf_source
 from harness.kernel import resolve_functions
 
 # lines as /proc/kallsyms prints them on Debian's 6.1 (measured in the VM), plus invented cases

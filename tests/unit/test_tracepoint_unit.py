@@ -3,12 +3,8 @@ import struct
 
 import pytest
 
-from harness.backends.tracepoint import (
-    HOOKS,
-    _needs_rst_reason_stub,
-    format_flags,
-    parse_hooks,
-)
+from harness.backends.bpf_build import format_flags, needs_rst_reason_stub
+from harness.backends.tracepoint import HOOKS, parse_hooks
 from harness.decoders.tracefs_ring import native_u32
 from harness.kernel import Capability, parse_format
 from tests.unit.test_format import SEND_RESET
@@ -43,13 +39,13 @@ def test_format_flags_carry_each_fields_size_from_the_running_kernel():
 
 def test_rst_reason_stub_when_the_format_uses_the_enum_and_the_program_does_not_get_it_from_headers(tmp_path):
     caps = _caps(SEND_RESET)
-    assert _needs_rst_reason_stub(caps, str(tmp_path), net_headers=True)
+    assert needs_rst_reason_stub(caps, str(tmp_path), net_headers=True)
     (tmp_path / "include/net").mkdir(parents=True)
     (tmp_path / "include/net/rstreason.h").write_text("enum sk_rst_reason {};")
     # kprobe.bpf.c includes net/request_sock.h, which brings the enum where the headers have it
-    assert not _needs_rst_reason_stub(caps, str(tmp_path), net_headers=True)
+    assert not needs_rst_reason_stub(caps, str(tmp_path), net_headers=True)
     # tracepoint.bpf.c and rawtp.bpf.c include no networking headers: the stub whatever the
     # headers (6.12 fallback headers on the 6.18 host failed with "incomplete type" without it)
-    assert _needs_rst_reason_stub(caps, str(tmp_path), net_headers=False)
+    assert needs_rst_reason_stub(caps, str(tmp_path), net_headers=False)
     old = SEND_RESET.replace("enum sk_rst_reason reason", "int reason")
-    assert not _needs_rst_reason_stub(_caps(old), None, net_headers=False)
+    assert not needs_rst_reason_stub(_caps(old), None, net_headers=False)
