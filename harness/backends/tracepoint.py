@@ -36,7 +36,7 @@ from ..errors import UsageError
 from ..headers import find_headers
 from ..kernel import KernelProbe, probe_tracepoints
 from ..params import Param, names_check, parse_names
-from .base import Availability, Observation
+from .base import Availability, Backend, Observation
 from .witness import witness_fidelity
 from .bpf_build import (MISSES_COUNTED_FROM, BackendError, Program, attach_raw, is_rescue, kernel_version,
                         raw_offset_flags, read_prog_stats, tracepoint_flags)
@@ -160,7 +160,7 @@ class _TracepointSwitch:
                 "events": sum(observation.events.values())}
 
 
-class TracepointBackend:
+class TracepointBackend(Backend):
     hooks = tuple(HOOKS.values())
 
     def __init__(self, empty: bool = False):
