@@ -256,7 +256,7 @@ def probe_ringbuf() -> Capability:
     )
 
 
-def _btf_func_id(name: str, kind: int = _BTF_KIND_FUNC) -> int | None:
+def btf_func_id(name: str, kind: int = _BTF_KIND_FUNC) -> int | None:
     """BTF type id of a kernel function (or another kind): harness/btf.py's vmlinux BTF, loaded once."""
     try:
         return btf.kernel_btf().find(name, kind)
@@ -268,7 +268,7 @@ def _probe_fentry(btf_present: bool) -> Capability:
     if not btf_present:
         return Capability("fentry", False, "no /sys/kernel/btf/vmlinux: fentry/fexit need kernel BTF")
     target = "tcp_set_state"
-    type_id = _btf_func_id(target)
+    type_id = btf_func_id(target)
     if type_id is None:
         return Capability("fentry", False, f"{target} not found in vmlinux BTF (or libbpf missing)")
     fd, err = _load_return_zero(_BPF_PROG_TYPE_TRACING, _BPF_TRACE_FENTRY, type_id)
@@ -321,7 +321,7 @@ def load_tracing(insns: int, size: int, name: str, attach_type: int, btf_id: int
 
 def load_tp_btf(event: str, insns: int, size: int, name: str) -> int:
     """A tp_btf program on tracepoint `event` (BPF_TRACE_RAW_TP, by the btf_trace_<event> type)."""
-    type_id = _btf_func_id(f"btf_trace_{event}", _BTF_KIND_TYPEDEF)
+    type_id = btf_func_id(f"btf_trace_{event}", _BTF_KIND_TYPEDEF)
     if type_id is None:
         raise OSError(errno.ENOENT, f"btf_trace_{event} not in vmlinux BTF")
     return load_tracing(insns, size, name, _BPF_TRACE_RAW_TP, type_id)
@@ -329,7 +329,7 @@ def load_tp_btf(event: str, insns: int, size: int, name: str) -> int:
 
 def load_fentry(function: str, insns: int, size: int, name: str) -> int:
     """An fentry program on kernel function `function` (BPF_TRACE_FENTRY, by its BTF FUNC id)."""
-    type_id = _btf_func_id(function)
+    type_id = btf_func_id(function)
     if type_id is None:
         raise OSError(errno.ENOENT, f"{function} not in vmlinux BTF")
     return load_tracing(insns, size, name, _BPF_TRACE_FENTRY, type_id)
@@ -373,7 +373,7 @@ def _probe_flavours(tracepoints: dict[str, Capability], btf_present: bool) -> di
             os.close(link)
             caps["flavour:raw_tp"] = Capability("flavour:raw_tp", True, f"a BPF_PROG_TYPE_RAW_TRACEPOINT program loaded "
                                                 f"and attached to {FLAVOUR_TARGET}; struct offsets from kernel BTF")
-    type_id = _btf_func_id(f"btf_trace_{FLAVOUR_TARGET}", _BTF_KIND_TYPEDEF) if btf_present else None
+    type_id = btf_func_id(f"btf_trace_{FLAVOUR_TARGET}", _BTF_KIND_TYPEDEF) if btf_present else None
     if type_id is None:
         caps["flavour:tp_btf"] = Capability("flavour:tp_btf", False, f"btf_trace_{FLAVOUR_TARGET} not in vmlinux BTF "
                                             "(tp_btf needs kernel BTF)")

@@ -38,7 +38,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..headers import find_headers, header_file
-from ..kernel import KernelProbe, _btf_func_id, attach_by_btf_id, load_fentry, probe_tracepoints, resolve_functions
+from ..kernel import KernelProbe, btf_func_id, attach_by_btf_id, load_fentry, probe_tracepoints, resolve_functions
 from ..params import Param, names_check, parse_names
 from ..tcp import FUNCTION_HOOKS, TRACEPOINT_KINDS
 from .base import Availability, Backend, Observation
@@ -218,7 +218,7 @@ class KprobeBackend(Backend):
     # -- the program the shared session loads -------------------------------------------------
     def program(self, params: dict[str, Any]) -> Program:
         selected = parse_hooks(params["hooks"])
-        chosen, absent = resolve_hooks(selected, has_btf=(lambda f: _btf_func_id(f) is not None)
+        chosen, absent = resolve_hooks(selected, has_btf=(lambda f: btf_func_id(f) is not None)
                                        if self.fentry else None)
         if not chosen:
             raise BackendError(f"none of the selected functions can be probed here: {absent}")

@@ -4,7 +4,7 @@
 // `pending`, keyed by (socket, kind, CPU), with remember(); the classic tracepoint for the same
 // event, attached after it (tracepoint.bpf.c's decoding with TP_REPORT = witness), fires later
 // on the same CPU and compares field by field. Mismatches are counted per kind and field, and
-// the first one is kept whole (kprobe.py's summarize_check reads them).
+// the first one is kept whole (witness.py's summarize_check reads them).
 #ifndef TPBENCH_WITNESS_BPF_H
 #define TPBENCH_WITNESS_BPF_H
 
@@ -25,7 +25,7 @@ struct reading {
 // of filling the map
 BPF_TABLE("lru_hash", struct pending_key, struct reading, pending, 16384);
 // per kind: [0] matched, [1] tracepoint without an observer reading, [2] observer reading overwritten
-// unpaired, then one slot per field that differed (order: FIELD_NAMES in kprobe.py)
+// unpaired, then one slot per field that differed (order: FIELD_NAMES in witness.py)
 #define CHECK_SLOTS 11
 BPF_PERCPU_ARRAY(check_counts, u64, NKINDS * CHECK_SLOTS);
 struct mismatch {
