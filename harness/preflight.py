@@ -7,7 +7,8 @@ anything is measured (after the run lock is held, so nothing found can be a live
 
 - leftovers of tpbench: namespaces and links it names tpb*, processes inside them, its agents and
   consumers running anywhere, saved state under /run/tpbench (sysctls, a tracefs mount, live
-  counters), tracefs instances tpb*, run cgroups. Always refused: `tpbench cleanup` removes them.
+  counters), tracefs instances tpb* and kprobe events tpb/*, run cgroups. Always refused:
+  `tpbench cleanup` removes them.
 - foreign observers on the hooks being measured: BPF programs attached to the seven tracepoints
   or the kernel functions behind them (bpftool perf / link: another tracer changes every number,
   and classic tracepoint programs skip each other), tracefs events enabled on them (in any
@@ -33,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .system import CPUACCT_ROOT, RUN_CGROUP_PREFIX, STATE_DIR, mount_holder_alive, read_sysctl, tracefs_path
+from .system import (CPUACCT_ROOT, KPROBE_GROUP, RUN_CGROUP_PREFIX, STATE_DIR, kprobe_events_ours, mount_holder_alive,
+                     read_sysctl, tracefs_path)
 
 # The hooks any tpbench measurement touches: the seven tracepoints and the functions the kprobe
 # and fentry backends attach to (their names as kallsyms spells them).
@@ -123,6 +125,7 @@ def leftovers() -> list[str]:
     tracefs = tracefs_path()
     if tracefs is not None and (tracefs / "instances").is_dir():
         found += [f"tracefs instance {path.name}" for path in sorted((tracefs / "instances").glob("tpb*"))]
+    found += [f"kprobe event {KPROBE_GROUP}/{name}" for name in kprobe_events_ours(tracefs)]
     found += [f"cgroup {path}" for path in run_cgroups()]
     return found
 

@@ -236,6 +236,9 @@ def restore_leftovers() -> list[str]:
         write_sysctl(name, value)
         saved.unlink()
         done.append(f"restored sysctl {name} = {value}")
+    # instances and kprobe events outlive a tracefs mount, invisible while it is unmounted: first
+    done += remove_stale_tracefs_instances()
+    done += remove_stale_kprobe_events()
     marker = STATE_DIR / "tracefs-mounted"
     if marker.exists() and not mount_holder_alive(marker):
         target = Path(marker.read_text().split()[0])
@@ -245,7 +248,6 @@ def restore_leftovers() -> list[str]:
     for counter in sorted(STATE_DIR.glob("counter-*")):  # a live workload's operation counter
         counter.unlink(missing_ok=True)
         done.append(f"removed {counter}")
-    done += remove_stale_tracefs_instances()
     for group in sorted(CPUACCT_ROOT.glob(f"{RUN_CGROUP_PREFIX}*")) if CPUACCT_ROOT.is_dir() else []:
         killed = remove_cgroup(group, wait_s=2.0)
         extra = f" (killed pids {', '.join(map(str, killed))})" if killed else ""
@@ -268,4 +270,66 @@ def remove_stale_tracefs_instances() -> list[str]:
             done.append(f"removed tracefs instance {instance.name}")
         except OSError as exc:
             done.append(f"left tracefs instance {instance.name}: {exc.strerror}")
+    return done
+
+
+# The kprobe backend's kprobes are made in tracefs (kprobe_events), in a group of their own, so
+# that kprobe_profile shows each one's misses (harness/backends/kprobe.py says why)
+KPROBE_GROUP = "tpb"
+
+
+def _append(path: Path, line: str) -> None:
+    """One command to a tracefs control file, appended: kprobe_events opened with O_TRUNC (what
+    open(..., "w") does) would remove every kprobe event on the system, other tools' too."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def add_kprobe_event(tracefs: Path, name: str, function: str) -> None:
+    """A kprobe on `function`'s entry as the tracefs event tpb/<name>; OSError if refused."""
+    _append(tracefs / "kprobe_events", f"p:{KPROBE_GROUP}/{name} {function}")
+
+
+def remove_kprobe_event(tracefs: Path, name: str) -> None:
+    """Remove tpb/<name>; OSError (EBUSY) while a perf event on it is still open."""
+    _append(tracefs / "kprobe_events", f"-:{KPROBE_GROUP}/{name}")
+
+
+def kprobe_events_ours(tracefs: Path | None = None) -> list[str]:
+    """The names of the kprobe events in tpbench's group ([] without tracefs or kprobe_events)."""
+    tracefs = tracefs or tracefs_path()
+    path = tracefs / "kprobe_events" if tracefs is not None else None
+    if path is None or not path.exists():
+        return []
+    names = []
+    for line in path.read_text().splitlines():
+        probe = line.split()[0] if line.strip() else ""  # "p:tpb/tpb_1234_state tcp_set_state"
+        group, _, name = probe.partition(":")[2].partition("/")
+        if group == KPROBE_GROUP:
+            names.append(name)
+    return names
+
+
+def kprobe_profile(tracefs: Path) -> dict[str, tuple[int, int]]:
+    """Every tracefs kprobe event's (hits, nmissed), by event name, from kprobe_profile."""
+    profile = {}
+    for line in (tracefs / "kprobe_profile").read_text().splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+            profile[fields[0]] = (int(fields[1]), int(fields[2]))
+    return profile
+
+
+def remove_stale_kprobe_events() -> list[str]:
+    """Remove kprobe events of tpbench's group (left by a crashed run); one left in use is said so."""
+    tracefs, done = tracefs_path(), []
+    for name in kprobe_events_ours(tracefs):
+        try:
+            remove_kprobe_event(tracefs, name)
+            done.append(f"removed kprobe event {KPROBE_GROUP}/{name}")
+        except OSError as exc:
+            done.append(f"left kprobe event {KPROBE_GROUP}/{name}: {exc.strerror}")
     return done

@@ -58,8 +58,9 @@ class BackendError(RuntimeError):
 class Program:
     """What a bcc backend hands the shared session: its BPF source, hooks and flags.
 
-    attach: explicit attachments after the compile (kprobes resolved against kallsyms); None when
-    bcc attaches the programs itself (TRACEPOINT_PROBE, KFUNC_PROBE). is_witness: programs that
+    attach: explicit attachments after the compile (kprobes resolved against kallsyms), given the
+    BPF object and the session's exit stack (for what must be undone at close); None when bcc
+    attaches the programs itself (TRACEPOINT_PROBE, KFUNC_PROBE). is_witness: programs that
     check the observer rather than observe (accounted apart). finish: adds the backend's own
     results to the observation at detach, given the session (its .bpf, .topology), before
     the programs are unloaded.
@@ -70,7 +71,7 @@ class Program:
     absent: dict[str, str]
     cflags: list[str]
     details: dict[str, Any] = dataclass_field(default_factory=dict)
-    attach: Callable[[Any], None] | None = None
+    attach: Callable[[Any, contextlib.ExitStack], None] | None = None
     is_witness: Callable[[str], bool] = lambda name: False
     finish: Callable[["Session", Observation, dict[str, Any]], None] | None = None
     prelude: bytes = b""  # C placed before the source (kprobe.py: uapi structs bcc's copy lacks)

@@ -107,7 +107,7 @@ class Session:
         self.bpf = compile_bpf(self.program.prelude + bpf_source(self.program.source), cflags)
         self.exit.callback(self.bpf.cleanup)
         if self.program.attach is not None:  # explicit attachments (kprobes); tracepoints auto-attach
-            self.program.attach(self.bpf)
+            self.program.attach(self.bpf, self.exit)
         functions = {name.decode(): fn.fd for name, fn in self.bpf.funcs.items()}
         # witness programs (kprobe.py's struct-read check) are accounted apart from the observer's cost
         self.witnesses = {n: fd for n, fd in functions.items() if self.program.is_witness(n)}

@@ -20,6 +20,16 @@ per-CPU batching, bpf_stats accounting and the topology address filter are share
 backend (tcp_events.bpf.h, bpf_build.py, bpf_session.py, ringbuf.py), so both are measured through the
 same code.
 
+Misses are counted, not guessed: a kprobe hit while another kprobe's handler runs on the CPU (a
+softirq's tcp_set_state during a process-context handler) is dropped by the kprobe layer before any
+BPF program runs, and counted only in that kprobe's nmissed (a 6.12 VM run lost 2 state changes and
+a destroy that way with recursion_misses 0). bcc makes its kprobes through the perf kprobe PMU,
+whose nmissed nothing shows before Linux 6.7 (and then only for BPF links; bcc attaches with an
+ioctl). So the kprobes are made in tracefs instead, as bcc itself does without the PMU (`p:tpb/<name>
+<function>` in kprobe_events; the same kprobe, handler and BPF program type), where kprobe_profile
+prints each one's hits and nmissed; the programs attach to their perf events. `tpbench cleanup`
+removes the events a crashed run left (group tpb), and the preflight refuses a run beside them.
+
 Struct reads are checked, not trusted (`-p check=true`, the default): the tracepoints for the same
 events are attached as witnesses, and every event the kprobe reports is compared field by field
 with what the tracepoint reports for it (same socket, same CPU, same instant). Mismatches are
@@ -30,7 +40,9 @@ workload, so measure throughput with check=false.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +52,7 @@ from ..errors import UsageError
 from ..headers import find_headers, header_file
 from ..kernel import KernelProbe, btf_func_id, attach_by_btf_id, load_fentry, probe_tracepoints, resolve_functions
 from ..params import Param, names_check, parse_names
+from ..system import KPROBE_GROUP, add_kprobe_event, kprobe_profile, remove_kprobe_event, tracefs_mounted
 from ..tcp import FUNCTION_HOOKS, TRACEPOINT_KINDS
 from .base import Availability, Backend, Observation
 from .bpf_build import MISSES_COUNTED_FROM, BackendError, Program, kernel_version, tracepoint_flags
@@ -167,6 +180,49 @@ def attach_fentries(bpf: Any, chosen: dict[str, str], attached: list[str], absen
         raise BackendError(f"the kernel refused every fentry program: {absent}")
 
 
+class TracefsKprobes:
+    """The session's kprobes, made in tracefs (see the module's docstring) and removed on close."""
+
+    def __init__(self, bpf: Any, tracefs: Path):
+        self.bpf, self.tracefs = bpf, tracefs
+        self.events: dict[str, str] = {}  # hook -> event name
+        self.perf_fds: list[int] = []
+
+    def attach(self, hook: str, symbol: str) -> None:
+        """A kprobe on `symbol` running probe_<hook>; BackendError if the kernel refuses either."""
+        from bcc import BPF, lib
+
+        name = f"{KPROBE_GROUP}_{os.getpid()}_{hook}"
+        try:
+            add_kprobe_event(self.tracefs, name, symbol)
+        except OSError as exc:
+            raise BackendError(f"kprobe on {symbol} (hook {hook}) refused by kprobe_events: "
+                               f"{exc.strerror or exc}") from None
+        self.events[hook] = name
+        program = self.bpf.load_func(f"probe_{hook}".encode(), BPF.KPROBE)
+        fd = lib.bpf_attach_tracepoint(program.fd, KPROBE_GROUP.encode(), name.encode())
+        if fd < 0:
+            raise BackendError(f"kprobe on {symbol} (hook {hook}): its program did not attach to {KPROBE_GROUP}/{name}")
+        self.perf_fds.append(fd)
+
+    def missed(self) -> dict[str, int]:
+        """Each hook's kprobe nmissed since it was made (0 at creation)."""
+        profile = kprobe_profile(self.tracefs)
+        return {hook: profile[name][1] for hook, name in self.events.items()}
+
+    def close(self) -> None:
+        """Detach the programs (perf events closed), then remove the events (refused while open)."""
+        from bcc import lib
+
+        for fd in self.perf_fds:
+            lib.bpf_close_perf_event_fd(fd)
+        self.perf_fds = []
+        for name in self.events.values():
+            with contextlib.suppress(OSError):
+                remove_kprobe_event(self.tracefs, name)
+        self.events = {}
+
+
 class KprobeBackend(Backend):
     def __init__(self, fentry: bool = False):
         self.fentry = fentry
@@ -246,33 +302,44 @@ class KprobeBackend(Backend):
 
         attached = [f"{'fentry' if self.fentry else 'kprobe'}:{symbol}" for symbol in chosen.values()]
 
-        def attach(bpf: Any) -> None:
+        kprobes: list[TracefsKprobes] = []
+
+        def attach(bpf: Any, exit: contextlib.ExitStack) -> None:
             if self.fentry:
                 attach_fentries(bpf, chosen, attached, absent)
                 return
+            tracefs = exit.enter_context(tracefs_mounted())
+            made = TracefsKprobes(bpf, tracefs)
+            exit.callback(made.close)  # before bcc's cleanup (the stack unwinds last in, first out)
+            kprobes.append(made)
             for name, symbol in chosen.items():
-                try:
-                    bpf.attach_kprobe(event=symbol, fn_name=f"probe_{name}")
-                except Exception as exc:
-                    raise BackendError(f"kprobe on {symbol} (hook {name}) failed: {exc}") from None
+                made.attach(name, symbol)
 
         def finish(session: Session, observation: Observation, witness_stats: dict[str, Any]) -> None:
+            details = observation.details
             reason = "check=false" if not params["check"] else "no witness tracepoint on this kernel"
             # the hooks attached in the end (fentry drops those the kernel refused)
             attached_kinds = {HOOKS[n].kind for n in chosen}
             checked_kinds = {HOOKS[n].kind for n in chosen if HOOKS[n].tracepoint in witnesses}
-            observation.details["fidelity"] = witness_fidelity(
-                session, witness_stats, witnesses, attached_kinds, checked_kinds, conditional, reason,
-                observer_skips_counted=self.fentry and observation.details["lost_recursion"] is not None,
-                witness_skips_counted=kernel_version() >= MISSES_COUNTED_FROM["tp"])  # witnesses: classic tp
+            counted = None  # per kind, the events this observer counted lost (where it counts them all)
             if not self.fentry:
-                # a kprobe hit while another kprobe's handler runs on the CPU (a softirq's tcp_set_state
-                # during a process-context handler) is dropped by the kprobe layer before BPF runs and
-                # counted only in that kprobe's nmissed, never in recursion_misses: a 6.12 VM run lost 2
-                # state changes and a destroy of one socket that way with recursion_misses 0
-                observation.details["loss_method"] += (
-                    "; kprobe re-entry misses (the kprobe layer's nmissed) are not read: the witness check "
-                    "reports them as fidelity.probable_silent_loss")
+                # the kprobe layer's re-entry misses, per kprobe (see the module's docstring)
+                missed = kprobes[0].missed()
+                details["kprobe_missed"] = {chosen[hook]: n for hook, n in missed.items()}
+                details["loss_method"] += "; + the kprobe layer's nmissed per kprobe (tracefs kprobe_profile)"
+                if observation.lost is not None:
+                    observation.lost += sum(missed.values())
+                    counted = {}
+                    for hook, n in missed.items():
+                        counted[HOOKS[hook].kind] = counted.get(HOOKS[hook].kind, 0) + n
+                    for hook in chosen:
+                        skipped = details["bpf_stats"]["programs"].get(f"probe_{hook}", {}).get("recursion_misses", 0)
+                        counted[HOOKS[hook].kind] = counted.get(HOOKS[hook].kind, 0) + skipped
+            details["fidelity"] = witness_fidelity(
+                session, witness_stats, witnesses, attached_kinds, checked_kinds, conditional, reason,
+                observer_skips_counted=details["lost_recursion"] is not None,
+                witness_skips_counted=kernel_version() >= MISSES_COUNTED_FROM["tp"],  # witnesses: classic tp
+                observer_counted_lost=counted)
 
         return Program(
             source=SOURCE,

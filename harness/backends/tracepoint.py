@@ -248,7 +248,7 @@ class TracepointBackend(Backend):
         events = [tp.split(":")[1] for tp in attached]
         kinds = {HOOK_KINDS[name] for name in names if HOOKS[name] in attached}
 
-        def attach(bpf: Any) -> None:
+        def attach(bpf: Any, _exit: Any) -> None:
             # The witnesses (bcc attached them as it loaded them) must fire after the observer on
             # each tracepoint: probes run in the order they were registered.
             witnesses = list(bpf.tracepoint_fds)

@@ -31,7 +31,8 @@ SILENT_LOSS_SHARE = 0.005
 
 def summarize_check(counts: list[int], unclaimed: dict[str, int], attached_kinds: set[str],
                     conditional: dict[str, str], first_mismatch: dict[str, Any] | None,
-                    observer_skips_counted: bool = True, witness_skips_counted: bool = True) -> dict[str, Any]:
+                    observer_skips_counted: bool = True, witness_skips_counted: bool = True,
+                    observer_counted_lost: dict[str, int] | None = None) -> dict[str, Any]:
     """The witness's counters -> per-kind results and the fidelity errors they prove.
 
     counts: kprobe.bpf.c's check_counts, NKINDS x CHECK_SLOTS. unclaimed: kprobe readings of this
@@ -40,8 +41,10 @@ def summarize_check(counts: list[int], unclaimed: dict[str, int], attached_kinds
     (recursion_misses: 6.7+ for kprobe and classic tracepoint programs, the witnesses' type). Before
     that, on 6.1, such a side can skip a run nested with another BPF program without a trace, so a few
     events it missed of a kind the two sides otherwise agree on are reported as probable silent loss
-    (a note, and `probable_silent_loss`), not as a code path it misses. A kprobe observer is never
-    counted: the kprobe layer drops a re-entered kprobe before BPF runs (nmissed, not read here).
+    (a note, and `probable_silent_loss`), not as a code path it misses. observer_counted_lost: per
+    kind, the events the observer counted lost (a kprobe's: its kprobes' nmissed, where the kprobe
+    layer drops a re-entered kprobe before BPF runs, plus its programs' recursion_misses): that many
+    events the tracepoint alone saw are a counted loss, a note; more are an error.
     """
     per_kind: dict[str, Any] = {}
     errors: list[str] = []
@@ -67,8 +70,12 @@ def summarize_check(counts: list[int], unclaimed: dict[str, int], attached_kinds
         for name, n in fields.items():
             errors.append(f"{kind}: {name} read from the struct differs from the tracepoint's in {n} of "
                           f"{compared} events")
-        if entry["tracepoint_only"] and not silent_loss(kind, "probed functions", entry["tracepoint_only"],
-                                                         entry["matched"], observer_skips_counted):
+        lost = (observer_counted_lost or {}).get(kind, 0)
+        if entry["tracepoint_only"] and entry["tracepoint_only"] <= lost:
+            notes.append(f"{kind}: the tracepoint saw {entry['tracepoint_only']} events no probed function reported, "
+                         f"within the {lost} the observer counted lost")
+        elif entry["tracepoint_only"] and not silent_loss(kind, "probed functions", entry["tracepoint_only"],
+                                                           entry["matched"], observer_skips_counted):
             errors.append(f"{kind}: the tracepoint saw {entry['tracepoint_only']} events no probed function "
                           "reported (a code path the functions miss)")
         if entry["kprobe_only"]:
@@ -105,7 +112,8 @@ def _reading(raw: bytes) -> dict[str, Any]:
 
 def witness_fidelity(session: Any, witness_stats: dict[str, Any], witnesses: list[str], attached_kinds: set[str],
                      checked_kinds: set[str], conditional: dict[str, str], reason: str,
-                     observer_skips_counted: bool = True, witness_skips_counted: bool = True) -> dict[str, Any]:
+                     observer_skips_counted: bool = True, witness_skips_counted: bool = True,
+                     observer_counted_lost: dict[str, int] | None = None) -> dict[str, Any]:
     """details.fidelity of a session whose program was built with CHECK (or why it was not)."""
     if not witnesses:
         return {"checked": False, "reason": reason}
@@ -122,7 +130,7 @@ def witness_fidelity(session: Any, witness_stats: dict[str, Any], witnesses: lis
                  "kprobe": _reading(raw[8:8 + _READING.size]),
                  "tracepoint": _reading(raw[8 + _READING.size:8 + 2 * _READING.size])}
     fidelity = summarize_check(counts, unclaimed, checked_kinds, conditional, first, observer_skips_counted,
-                               witness_skips_counted)
+                               witness_skips_counted, observer_counted_lost)
     fidelity["unchecked_kinds"] = sorted(attached_kinds - checked_kinds)
     runs = sum(p["run_cnt"] for p in witness_stats.values())
     ns = sum(p["run_time_ns"] for p in witness_stats.values())

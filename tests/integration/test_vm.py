@@ -65,7 +65,9 @@ def test_kprobe_in_a_vm_sees_exactly_the_transitions_the_tracepoint_sees_on_chur
             assert observed["lost"] is None and details["lost_recursion"] is None
             assert details["loss_method"].startswith("unknown: this kernel"), details["loss_method"]
         elif backend == "kprobe":
-            assert observed["lost"] == details["lost_output"] + details["lost_recursion"]
+            # 6.7+: every skip is counted, the kprobe layer's (nmissed) and trace_call_bpf's
+            assert observed["lost"] == details["lost_output"] + details["lost_recursion"] + sum(
+                details["kprobe_missed"].values())
         else:
             # the default flavour, raw_tp, runs through __bpf_trace_run, which counts (6.0+)
             assert details["flavour"] == "raw_tp"
@@ -87,17 +89,26 @@ def test_kprobe_in_a_vm_sees_exactly_the_transitions_the_tracepoint_sees_on_chur
         assert observed["details"]["bpf_stats"]["ns_per_event"] > 0
     # The kprobe's reads agree with the tracepoints' on the same events of the same traffic: every
     # state change the tracepoint saw in the kprobe's trial, the kprobe saw, field for field. A kprobe
-    # hit while another kprobe's handler runs is dropped uncounted by the backend (nmissed; CI runs on
-    # 6.1 and 6.12: 2 of 2002 state changes and 1 of 1001 destroys), as is a classic tracepoint run
-    # nested with a BPF program on 6.1: the check reports those few as probable silent loss.
-    fidelity = trials["kprobe"]["observed"]["details"]["fidelity"]
+    # hit while another kprobe's handler runs is dropped by the kprobe layer (CI on 6.1 and 6.12: 2 of
+    # 2002 state changes and 1 of 1001 destroys) and counted in its nmissed, which the backend reads
+    # from its tracefs kprobes (one count per kprobe made). On 6.12 every skip is counted, so an
+    # event the witness alone saw is within the counted loss (or the check has an error); on 6.1 a
+    # run trace_call_bpf skips is counted nowhere, and the check reports those few as probable
+    # silent loss.
+    details = trials["kprobe"]["observed"]["details"]
+    fidelity = details["fidelity"]
     assert fidelity["checked"] and fidelity["errors"] == [], fidelity
-    silent = fidelity["probable_silent_loss"]
-    assert "kprobe re-entry misses" in trials["kprobe"]["observed"]["details"]["loss_method"]
+    assert set(details["kprobe_missed"]) == set(details["functions"].values())
+    assert "nmissed per kprobe" in details["loss_method"]
+    assert ("probable_silent_loss" in fidelity) == (series == "6.1"), fidelity
+    silent = fidelity.get("probable_silent_loss", {})
     assert sum(silent.values()) <= 0.005 * 10 * connections, silent
     states = fidelity["per_kind"]["state_change"]
     assert states["matched"] == trials["kprobe"]["observed"]["events"]["state_change"] - states["kprobe_only"]
-    assert states["tracepoint_only"] + states["kprobe_only"] == silent.get("state_change", 0)
+    if series == "6.1":
+        assert states["tracepoint_only"] + states["kprobe_only"] == silent.get("state_change", 0)
+    else:
+        assert states["kprobe_only"] == 0 and states["tracepoint_only"] <= trials["kprobe"]["observed"]["lost"]
     assert not states["fields_differing"]
     destroys = fidelity["per_kind"]["sock_destroy"]
     assert destroys["matched"] == trials["kprobe"]["observed"]["events"]["sock_destroy"] - destroys["kprobe_only"]
