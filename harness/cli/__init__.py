@@ -33,7 +33,7 @@ examples:
   tpbench toggle -b tracepoint,pcap -w churn      overhead by switching observers on and off
   tpbench list                                    backends, workloads and their parameters
   tpbench cleanup                                 remove what a crashed run left behind
-  tpbench vm --kernel /boot/vmlinuz-6.1.0-56-amd64 -- run -b kprobe,tracepoint -w churn
+  tpbench vm --kernel "$(ls /boot/vmlinuz-6.1.*-amd64 | tail -1)" -- run -b kprobe,tracepoint -w churn
                                                   the same run on another kernel, in a VM
 """
 

@@ -16,9 +16,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "vm",
         help="run 'tpbench run ...' on another kernel in a virtme-ng VM; run.json comes back tagged",
         epilog="examples:\n"
-        "  tpbench vm --kernel /boot/vmlinuz-6.1.0-56-amd64 -- run -b kprobe,tracepoint -w churn "
+        "  tpbench vm --kernel \"$(ls /boot/vmlinuz-6.1.*-amd64 | tail -1)\" -- run -b kprobe,tracepoint -w churn "
         "-p connections=200 --json\n"
-        "  tpbench vm --kernel /boot/vmlinuz-6.1.0-56-amd64 --cpus 2 --memory 2G --timeout 1200 -- "
+        "  tpbench vm --kernel \"$(ls /boot/vmlinuz-6.1.*-amd64 | tail -1)\" --cpus 2 --memory 2G --timeout 1200 -- "
         "run -b fentry -w churn -p mode=aggregate\n"
         "The guest sees this host's filesystem read-only and runs this checkout's .venv as root.\n"
         "Without a working KVM it is emulated (TCG): ~40 s boot, ~2.5 min per bcc compile, and every\n"
