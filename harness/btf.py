@@ -102,6 +102,7 @@ class _Btf:
 
 @functools.lru_cache(maxsize=1)
 def kernel_btf() -> _Btf:
+    """The running kernel's BTF through libbpf, loaded once (BtfError without libbpf or /sys/kernel/btf/vmlinux)."""
     return _Btf()
 
 

@@ -34,6 +34,7 @@ def _handler(signum: int, frame: Any) -> None:
 
 
 def install() -> None:
+    """SIGINT and SIGTERM raise Interrupted; an Interrupted Python drops is kept off the terminal (unraisablehook)."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _handler)
     if sys.unraisablehook is not _unraisable:
@@ -76,6 +77,7 @@ def check() -> None:
 
 @contextlib.contextmanager
 def critical() -> Iterator[None]:
+    """A section a signal must not cut: one received inside is raised when the outermost section ends."""
     global _depth
     _depth += 1
     try:

@@ -98,6 +98,7 @@ def resolve_functions(names: tuple[str, ...] | list[str], kallsyms: str | None =
 
 
 def probe_functions(names: tuple[str, ...] = SEED_FUNCTIONS) -> dict[str, Capability]:
+    """`function:<name>` -> whether the kernel's symbol table has the function (resolve_functions), and why."""
     caps = {}
     for name, found in resolve_functions(names).items():
         key = f"function:{name}"
@@ -246,6 +247,7 @@ def _errno_text(err: int) -> str:
 
 
 def probe_ringbuf() -> Capability:
+    """Whether the kernel creates a BPF ring buffer (a real 4 KiB BPF_MAP_CREATE), with the errno if not."""
     attr = struct.pack("<IIII", _BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
     fd, err = _bpf(_BPF_MAP_CREATE, attr)
     if fd >= 0:

@@ -25,6 +25,8 @@ SCALE = {"byte": (1e6, "CPU µs per MB", "throughput, MB/s", 1e-6)}
 
 
 def plot_sweep(sweep: dict[str, Any], path: Path) -> None:
+    """One sweep's PNG at `path`: CPU per operation and overhead against the measured rate, with 95% CI bands
+    and the tracepoint/pcap crossover shaded."""
     factor, cpu_label, rate_label, rate_factor = SCALE.get(
         sweep["operation"], (1.0, f"CPU µs per {sweep['operation']}", f"measured {sweep['operation']}s/s", 1.0))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))

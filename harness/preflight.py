@@ -261,6 +261,7 @@ def background_cpu(samples: int = SAMPLES, seconds: float = SAMPLE_S) -> dict[st
 
 
 def cpu_frequency() -> dict[str, Any]:
+    """Each cpufreq policy's governor, current and maximum frequency (sysfs text, kHz), or why none is visible."""
     policies = sorted(Path("/sys/devices/system/cpu/cpufreq").glob("policy*"))
     if not policies:
         return {"visible": False, "why": "no cpufreq in this kernel or guest: the host sets the frequency"}

@@ -30,10 +30,12 @@ def new_run_id() -> str:
 
 
 def utc_now() -> str:
+    """Now, UTC, ISO 8601 to the millisecond."""
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def git_commit(where: Path | None = None) -> dict[str, Any] | None:
+    """{"commit", "dirty"} of the git checkout at `where` (default: this source tree), or None if git cannot say."""
     where = where or Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(

@@ -48,6 +48,7 @@ def load_run(path: Path) -> dict[str, Any]:
 
 
 def write_outputs(directory: Path, run: dict[str, Any]) -> dict[str, Any]:
+    """analysis.json, benchmark.json, report.md and PNGs into `directory` from `run` alone; returns the analysis."""
     from .plots import plot_overheads, plot_sweep
 
     analysis = full_analysis(run)
@@ -76,6 +77,8 @@ def _write_text(path: Path, text: str) -> None:
 # ---------------------------------------------------------------- terminal
 
 def print_verdict(run: dict[str, Any], analysis: dict[str, Any], out: TextIO) -> None:
+    """The terminal verdict: the preflight, the toggled headline, each cell's rate, CPU, overhead and fidelity,
+    each workload's answer and the sweeps."""
     if "preflight" in run:  # older records have none
         print(preflight.summary(run["preflight"]), file=out)
     if analysis.get("toggle", {}).get("groups"):

@@ -11,6 +11,7 @@ from .analysis.fidelity import row_status
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines; `|` in a cell is escaped and newlines become spaces."""
     def esc(text: Any) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
     lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -19,10 +20,12 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
+    """A number with thousands separators and `digits` decimals; None as "-"."""
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
 def fidelity_summary(cell_fid: dict[str, Any] | None) -> str:
+    """One cell's fidelity in one line: missing, extra, lost, invisible kinds, or "as declared"; "" without any."""
     if not cell_fid:
         return ""
     missing = sum(r["missing"] or 0 for r in cell_fid["rows"])
@@ -48,10 +51,12 @@ OUTCOME_WORDS = {"a_cheaper": "{a} is cheaper", "b_cheaper": "{b} is cheaper",
 
 
 def outcome_sentence(entry: dict[str, Any], decide_pp: float = toggle_stats.DECIDE_PP) -> str:
+    """A toggled comparison's outcome in words (`decide_pp`: the decision threshold it names)."""
     return OUTCOME_WORDS[entry["outcome"]].format(a=entry["a"], b=entry["b"], pp=decide_pp)
 
 
 def pp_ci(entry: dict[str, Any]) -> str:
+    """A toggled comparison's difference in % with its 95% CI, `+1.2% [+0.3, +2.1]`; "-" without one."""
     if entry.get("diff_pct") is None:
         return "-"
     low, high = entry["ci_pct"]
@@ -61,6 +66,7 @@ def pp_ci(entry: dict[str, Any]) -> str:
 
 
 def pct_ci(pct: dict[str, Any] | None) -> str:
+    """An overhead's median % with its 95% CI from {median, low, high}, `+1.2% [+0.3, +2.1]`; "-" without one."""
     if not pct:
         return "-"
     if pct["low"] is None:
@@ -100,6 +106,8 @@ def toggle_lines(analysis: dict[str, Any]) -> list[str]:
 
 
 def crossover_sentence(sweep: dict[str, Any]) -> str:
+    """One sweep's tracepoint-vs-pcap answer: the crossover, the winner at every decided point, or the
+    direction alone when no point is decided."""
     tvp = sweep["tracepoint_vs_pcap"]
     if tvp["crossover"]:
         c = tvp["crossover"]

@@ -33,6 +33,7 @@ def _n(value: Any) -> str:
 
 
 def render_markdown(run: dict[str, Any], analysis: dict[str, Any], plots: dict[str, str]) -> str:
+    """report.md from run.json and its analysis; `plots` maps a plot's key to its PNG file name."""
     out: list[str] = [f"# tpbench report: run {run['run_id']}", ""]
     out += _header(run, analysis)
     out += headline.markdown(analysis)

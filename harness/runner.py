@@ -102,6 +102,10 @@ def interleaved(cells: list[Cell], trials: int) -> list[tuple[Cell, int]]:
 
 
 def run_trial(cell: Cell, run_id: str) -> dict[str, Any]:
+    """One trial of `cell` in a topology of its own: attach, run the workload, detach; the trial's record.
+
+    Raw numbers only, status "ok"; an exception propagates once the observer and the namespaces are gone.
+    """
     trial: dict[str, Any] = {"started_at": utc_now()}
     with Topology(run_id, guard=critical) as topology:
         trial["topology_setup_s"] = round(topology.setup_s or 0.0, 4)

@@ -113,6 +113,7 @@ PROFILES = {
 
 
 def toggle_groups(profile: Profile) -> list[Group]:
+    """The profile's toggled groups, one per TOGGLED workload (quick: churn only); [] if it toggles nothing."""
     from .toggle import Settings, plan_group
 
     if not profile.toggle_scale:
@@ -133,6 +134,7 @@ FLOORS = ("tracepoint-empty",)
 
 
 def backend_settings(profile: "Profile | None" = None) -> list[tuple[str, dict[str, str]]]:
+    """(backend, params) for every backend and its VARIANTS; FLOORS only with sweeps or without a profile."""
     settings = []
     for name in BACKENDS:
         if name in FLOORS and profile is not None and not profile.sweeps:
@@ -143,6 +145,7 @@ def backend_settings(profile: "Profile | None" = None) -> list[tuple[str, dict[s
 
 
 def cells(profile: Profile) -> list[Cell]:
+    """The profile's trial cells: fidelity trials or every workload x backend setting, plus sweeps; no duplicates."""
     out = []
     if profile.suite and profile.fidelity_only:  # every backend once, for fidelity and visibility
         out += [build_cell(w, wp, b, {}) for w, wp in FIDELITY_WORKLOADS for b in BACKENDS if b not in FLOORS]

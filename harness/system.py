@@ -42,6 +42,7 @@ def die_with_runner() -> None:
 
 
 def require_root(what: str) -> None:
+    """UsageError unless this process runs as root; `what` names what needs it."""
     if os.geteuid() != 0:
         raise UsageError(
             f"{what} needs root (network namespaces and BPF need CAP_SYS_ADMIN and CAP_NET_ADMIN); "
@@ -192,6 +193,7 @@ def mount_holder_alive(marker: Path) -> bool:
 
 
 def unmount_tracefs(target: Path) -> bool:
+    """umount `target`, lazily (umount -l) if it is busy; whether it worked."""
     result = subprocess.run(["umount", str(target)], capture_output=True)
     if result.returncode != 0:  # busy (an open trace_pipe): detach it now, it goes when released
         result = subprocess.run(["umount", "-l", str(target)], capture_output=True)
@@ -199,10 +201,12 @@ def unmount_tracefs(target: Path) -> bool:
 
 
 def read_sysctl(name: str) -> str:
+    """A sysctl's value, stripped: `net.ipv4.tcp_fin_timeout` reads /proc/sys/net/ipv4/tcp_fin_timeout."""
     return Path("/proc/sys", name.replace(".", "/")).read_text().strip()
 
 
 def write_sysctl(name: str, value: str) -> None:
+    """Write a sysctl as is (sysctl_set is the one that restores the old value)."""
     Path("/proc/sys", name.replace(".", "/")).write_text(value)
 
 

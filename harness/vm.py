@@ -62,6 +62,7 @@ def kernel_release(image: Path) -> str:
 
 
 def vng_binary() -> Path:
+    """virtme-ng's vng beside this Python (the .venv's); UsageError if it is not there."""
     vng = Path(sys.executable).with_name("vng")
     if not vng.exists():
         raise UsageError("virtme-ng's vng is not in this .venv: run 'make setup'")

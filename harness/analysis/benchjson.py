@@ -39,6 +39,7 @@ def _stats(samples: list[float]) -> dict[str, Any]:
 
 
 def benchmark_json(run: dict[str, Any], analysis: dict[str, Any]) -> dict[str, Any]:
+    """The run in pytest-benchmark's JSON: one benchmark per available cell with ok trials (seconds per operation)."""
     benchmarks = []
     for key, workload in analysis["workloads"].items():
         for cell in run["cells"]:

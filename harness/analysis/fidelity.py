@@ -238,6 +238,8 @@ def observes_nothing(cell: dict[str, Any]) -> bool:
 
 
 def cell_fidelity(cell: dict[str, Any]) -> dict[str, Any] | None:
+    """One cell's fidelity over its ok trials: rows per side and kind, other-side events, wrong fields, losses
+    and kernel checks; None for an unavailable cell, one without ok trials, or a cost-floor cell."""
     trials = _ok_trials(cell)
     if not cell.get("available", True) or not trials or observes_nothing(cell):
         return None

@@ -151,6 +151,7 @@ def lines(analysis: dict[str, Any]) -> list[str]:
 
 
 def markdown(analysis: dict[str, Any]) -> list[str]:
+    """report.md's Summary: per toggled workload its headline rows, peers and visibility ([] without any)."""
     found = analysis.get("matrix") or matrix(analysis)
     if not found:
         return []

@@ -35,6 +35,7 @@ FOREIGN_TRIAL_LIMIT = 0.10  # share of the CPUs' capacity used outside the run o
 
 
 def foreign_trial(trial: dict[str, Any]) -> bool:
+    """Whether CPU outside the run's cgroup exceeded FOREIGN_TRIAL_LIMIT of the CPUs' capacity in the trial."""
     return (trial.get("foreign_share") or 0.0) > FOREIGN_TRIAL_LIMIT
 
 
@@ -88,6 +89,10 @@ class Estimate:
 
 
 def estimate(samples: list[float]) -> Estimate | None:
+    """Median, bootstrap 95% CI of the median, and how many lie beyond 1.5 IQR (Nones dropped); None if empty.
+
+    The CI is None with fewer than 3 samples, and the median itself when 3 or more are all equal.
+    """
     samples = [float(s) for s in samples if s is not None]
     if not samples:
         return None
@@ -172,6 +177,7 @@ def judge(diff: Estimate | None, scale: float, decide_pp: float, lower_is_better
 
 
 def decided(code: str) -> bool:
+    """Whether a verdict code is a decision (neither too few trials nor not decided)."""
     return code not in (TOO_FEW, NOT_DECIDED)
 
 
@@ -258,5 +264,6 @@ def _comparisons(cells: list[dict[str, Any]], baseline: dict[str, Any] | None, d
 
 
 def workload_key(cell: dict[str, Any]) -> str:
+    """The workload and its sorted parameters, `churn(connections=2000)`: what cells are grouped by."""
     params = cell["params"]["workload"]
     return cell["workload"] + "(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"

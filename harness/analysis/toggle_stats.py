@@ -146,6 +146,7 @@ def _stalled(start: dict[str, Any], slices: list[list[float]] | None, end: dict[
 
 
 def stall_counts(costs: list[dict[str, Any]]) -> dict[str, int]:
+    """arm -> how many of its windows stalled."""
     counts: dict[str, int] = {}
     for c in costs:
         counts[c["arm"]] = counts.get(c["arm"], 0) + bool(c["stalled"])
@@ -245,6 +246,8 @@ def headline_pairs(arms: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dic
 
 
 def analyse_group(entry: dict[str, Any], decide_pp: float = DECIDE_PP) -> dict[str, Any]:
+    """One toggled group: each arm's cost and overhead, every observer pair, the headline pairs (tracepoint - pcap),
+    the A/A control and the conservation check, with the windows left out and why."""
     arms = entry.get("arms") or []
     estimator = (entry.get("settings") or {}).get("estimator", "mean")
     costs = window_costs(entry)

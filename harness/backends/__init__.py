@@ -26,6 +26,7 @@ BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
 
 
 def get_backend(name: str) -> Backend:
+    """The registered backend `name` (UsageError naming the valid ones otherwise)."""
     try:
         return BACKENDS[name]
     except KeyError:

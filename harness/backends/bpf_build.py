@@ -172,6 +172,7 @@ def _stderr_captured():
 
 
 def compile_bpf(text: bytes, cflags: list[str]):
+    """bcc's BPF object compiled from `text` with `cflags`; BackendError quotes clang's first error and the headers."""
     from bcc import BPF  # imported late: the probe must be able to say bcc is missing
 
     with _stderr_captured() as errors:
@@ -218,6 +219,7 @@ def attach_raw(bpf: Any, flavour: str, event: str, rescue: bool = False) -> None
 
 
 def read_prog_stats(fd: int) -> dict[str, int]:
+    """A loaded program's run_time_ns, run_cnt and recursion_misses from /proc/self/fdinfo (0 where absent)."""
     stats = {"run_time_ns": 0, "run_cnt": 0, "recursion_misses": 0}
     for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
         key, _, value = line.partition(":")

@@ -95,6 +95,7 @@ ALL_FUNCTIONS = tuple(dict.fromkeys(f for hook in HOOKS.values() for f in hook.c
 
 
 def parse_hooks(text: str) -> tuple[str, ...]:
+    """`all` or hooks joined by '+' -> hook names (ValueError on an unknown one)."""
     return parse_names(text, HOOKS)
 
 

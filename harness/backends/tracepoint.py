@@ -64,6 +64,7 @@ DEFAULT_FLAVOUR = "raw_tp"  # measured: see the flavour table in README.md
 
 
 def parse_hooks(text: str) -> tuple[str, ...]:
+    """`all` or hooks joined by '+' -> hook names (ValueError on an unknown one)."""
     return parse_names(text, HOOKS)
 
 

@@ -39,6 +39,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `tpbench` parser, with every subcommand in COMMANDS."""
     parser = Parser(
         prog="tpbench",
         description="Do tracepoints beat kprobes and libpcap for observing TCP on this kernel? "
@@ -55,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: `tpbench COMMAND ...`; the handler's exit status, or 2 (usage), 130 (signal) or 1
+    (internal error) after one stderr line; 1 on a broken pipe."""
     interrupts.install()
     parser = build_parser()
     try:

@@ -11,6 +11,7 @@ from .common import add_command, add_run_options, progress_display, summary
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the `bench` subcommand."""
     bench = add_command(
         subparsers,
         "bench",
@@ -29,6 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """Run `tpbench bench`: the profile's toggled groups and trials, then the outputs and the verdict."""
     from ..report import load_run, print_verdict, write_outputs
     from ..runner import execute
     from ..suite import PROFILES, cells, toggle_groups

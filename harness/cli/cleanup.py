@@ -10,6 +10,7 @@ from .common import add_command
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the `cleanup` subcommand."""
     cleanup = add_command(
         subparsers,
         "cleanup",
@@ -22,6 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Run `tpbench cleanup`: remove (with --dry-run, list) what crashed runs left behind; needs root."""
     from netns import find_leftovers, remove_leftovers
 
     from ..preflight import kill_orphan_agents

@@ -26,6 +26,7 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, **kwargs: Any
 # argument types: a bad value is reported by argparse as "argument -n/--trials: <message>"
 
 def comma_list(text: str) -> list[str]:
+    """argparse type: `a,b` -> ['a', 'b'] (an empty name is an error)."""
     items = [part.strip() for part in text.split(",")]
     if not all(items):
         raise argparse.ArgumentTypeError(f"empty name in {text!r}")
@@ -33,6 +34,7 @@ def comma_list(text: str) -> list[str]:
 
 
 def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -43,6 +45,7 @@ def positive_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
     try:
         value = float(text)
     except ValueError:
@@ -55,6 +58,7 @@ def positive_float(text: str) -> float:
 # options shared by the measuring subcommands (run, bench; toggle takes --measure-anyway only)
 
 def add_run_options(sub: argparse.ArgumentParser, trials_default: int | None) -> None:
+    """The options `run` and `bench` share: --trials, --out, --json, --quiet, --measure-anyway."""
     sub.add_argument("-n", "--trials", type=positive_int, default=trials_default,
                      help="trials per cell, interleaved across cells "
                      f"(default {trials_default if trials_default else 'from the profile'})")
@@ -66,6 +70,7 @@ def add_run_options(sub: argparse.ArgumentParser, trials_default: int | None) ->
 
 
 def add_measure_anyway(sub: argparse.ArgumentParser) -> None:
+    """The --measure-anyway option: measure despite what the preflight found (every result marked)."""
     sub.add_argument("--measure-anyway", action="store_true",
                      help="measure although the preflight finds another tracer or capture on the hooks, "
                      "or a busy host (every result is marked); leftovers of tpbench are refused regardless")

@@ -10,6 +10,7 @@ from .common import add_command
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the `compare` subcommand."""
     compare = add_command(
         subparsers,
         "compare",
@@ -25,6 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """Run `tpbench compare`: compare.md from two or more runs into --out, its lines printed."""
     from ..report import compare, load_run
 
     if len(args.run_dirs) < 2:

@@ -10,6 +10,7 @@ from .common import add_command
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the `kernel` subcommand."""
     kernel = add_command(
         subparsers,
         "kernel",
@@ -21,6 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_kernel(args: argparse.Namespace) -> int:
+    """Run `tpbench kernel`: the capability probe, as a table or as JSON."""
     from ..kernel import probe
 
     result = probe()

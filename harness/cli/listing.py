@@ -8,12 +8,14 @@ import sys
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the `list` subcommand."""
     listing = subparsers.add_parser("list", help="backends, workloads and their parameters")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=cmd_list)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """Run `tpbench list`: every backend and workload with its parameters, as text or JSON."""
     from ..backends import BACKENDS
     from ..workloads import WORKLOADS
 

@@ -12,6 +12,7 @@ from .common import add_command
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the `report` subcommand."""
     report = add_command(
         subparsers,
         "report",
@@ -24,6 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """Run `tpbench report`: rebuild a run folder's outputs from run.json, then the verdict (or JSON)."""
     from ..report import load_run, print_verdict, write_outputs
 
     run = load_run(args.run_dir)

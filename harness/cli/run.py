@@ -12,6 +12,7 @@ from .common import add_command, add_run_options, comma_list, progress_display, 
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the `run` subcommand."""
     run = add_command(
         subparsers,
         "run",
@@ -33,10 +34,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    """Run `tpbench run` (strict: a backend this kernel cannot run is an error)."""
     return cmd_run(args, args.workload, args.backend, strict=True)
 
 
 def cmd_run(args: argparse.Namespace, workloads: list[str], backends: list[str], strict: bool) -> int:
+    """The cells of `workloads` x `backends`, run and written out, then a table or JSON; 1 if any trial failed."""
     from ..params import parse_assignments
     from ..runner import execute, plan
 
@@ -57,6 +60,7 @@ def cmd_run(args: argparse.Namespace, workloads: list[str], backends: list[str],
 
 
 def print_table(record) -> None:
+    """Per cell: ok trials, median operation rate and notes (failures, losses); then the record's path."""
     print(f"run {record.data['run_id']} ({record.data['status']}), kernel {record.data['kernel']['release']}")
     print(f"{'workload':<10} {'backend':<12} {'trials':>6} {'median rate':>16}  notes")
     for cell in record.data["cells"]:

@@ -11,6 +11,7 @@ from .common import add_command, add_measure_anyway, comma_list, positive_float,
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the `toggle` subcommand."""
     toggle = add_command(
         subparsers,
         "toggle",
@@ -49,6 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_toggle(args: argparse.Namespace) -> int:
+    """Run `tpbench toggle`: one toggled group per workload, then the outputs and verdict; 1 unless all completed."""
     from ..backends import get_backend
     from ..params import parse_assignments, split_for_plugins
     from ..report import print_verdict, write_outputs

@@ -11,6 +11,7 @@ from .common import add_command, positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the `vm` subcommand."""
     vm = add_command(
         subparsers,
         "vm",
@@ -41,6 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_vm(args: argparse.Namespace) -> int:
+    """Run `tpbench vm`: `tpbench run ...` in a VM on --kernel, then its summary; the VM run's exit status."""
     from ..vm import run_in_vm
 
     run_args = args.run_args[1:] if args.run_args[:1] == ["--"] else args.run_args

@@ -17,6 +17,7 @@ WORKLOADS: dict[str, Workload] = {
 
 
 def get_workload(name: str) -> Workload:
+    """The registered workload `name` (UsageError naming the valid ones otherwise)."""
     try:
         return WORKLOADS[name]
     except KeyError:

@@ -45,10 +45,12 @@ def connection_transitions(closer: str) -> dict[str, dict[str, int]]:
 
 
 def scaled(per_unit: dict[str, int], n: int) -> dict[str, int]:
+    """Each count times `n`, zeros dropped."""
     return {name: count * n for name, count in per_unit.items() if count * n}
 
 
 def add_counts(*parts: dict[str, int]) -> dict[str, int]:
+    """Counts summed by name, zeros dropped."""
     total: dict[str, int] = {}
     for part in parts:
         for name, count in part.items():

@@ -48,6 +48,7 @@ NO_LOSS_RETRANSMITS = (
 
 
 def ephemeral_ports(host: Host) -> int:
+    """How many ephemeral ports `host`'s namespace has (ip_local_port_range, both ends included)."""
     low, high = map(int, host.read_file("/proc/sys/net/ipv4/ip_local_port_range").split())
     return high - low + 1
 

@@ -25,6 +25,10 @@ CFLAGS = ("-O2", "-Wall", "-Wextra")
 
 
 def agent_binary(name: str) -> Path:
+    """The C agent `name`'s binary, compiled with gcc first when missing or older than its source or tcp.py.
+
+    WorkloadError when gcc is missing or fails.
+    """
     source = SOURCES / f"{name}.c"
     binary = BUILD_DIR / name
     newest_input = max(source.stat().st_mtime, Path(tcp.__file__).stat().st_mtime)
@@ -43,6 +47,7 @@ def agent_binary(name: str) -> Path:
 
 
 def main() -> None:
+    """Build every C agent (what scripts/setup.sh runs), one line each."""
     for source in sorted(SOURCES.glob("*.c")):
         print(f"setup: built {agent_binary(source.stem)}")
 

@@ -87,6 +87,7 @@ class DropRule:
 
 
 def read_offloads(host: Host) -> dict[str, bool]:
+    """tso, gso and gro of `host`'s veth as `ethtool -k` shows them (WorkloadError if one is missing)."""
     text = _run(host, ["ethtool", "-k", host.ifname], "ethtool -k")
     features = {}
     for short, long in OFFLOAD_FEATURES.items():
@@ -98,6 +99,7 @@ def read_offloads(host: Host) -> dict[str, bool]:
 
 
 def set_offloads(host: Host, features: dict[str, bool]) -> None:
+    """Turn each of `features` (tso, gso, gro) on or off on `host`'s veth (ethtool -K)."""
     argv = ["ethtool", "-K", host.ifname]
     for short, on in features.items():
         argv += [short, "on" if on else "off"]

@@ -38,6 +38,7 @@ CLOSED_PORT = 7004  # nothing ever listens here
 
 
 def expected_events(aborts: int, refused: int) -> dict[str, Any]:
+    """Per side: what `aborts` abortive closes and `refused` refused connects cause (transitions, events, nstat)."""
     client_transitions = add_counts(scaled({**OPEN["client"], **ABORT}, aborts), scaled(REFUSED, refused))
     server_transitions = add_counts(scaled({**OPEN["server"], **ABORT}, aborts), LISTENER)
     inexact = {"retransmit": NO_LOSS_RETRANSMITS, "TcpRetransSegs": NO_LOSS_RETRANSMITS}

@@ -38,6 +38,7 @@ PROBE_INEXACT = (
 
 
 def expected_events(connections: int, transactions: int) -> dict[str, Any]:
+    """Per side: `connections` connections with `transactions` transactions: probes at least `transactions`."""
     per_connection = connection_transitions("client")
     expected = {}
     for side in ("client", "server"):

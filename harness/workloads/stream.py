@@ -71,6 +71,10 @@ def expected_events(dropped: int | None = None) -> dict[str, Any]:
 
 
 def run_stream(topology: Topology, params: dict[str, Any], drop_every: int | None) -> GroundTruth:
+    """One stream trial (loss: a rule dropping every `drop_every`th data packet); its ground truth.
+
+    WorkloadError if the server received other than the client sent, or a byte-count run sent short.
+    """
     total, duration_s, message = params["bytes"], params["duration"], params["message"]
     common = ["--address", topology.server.address, "--port", str(PORT)]
     # Generous: a drop costs at most an RTO (>= 200 ms) per round of recovery.

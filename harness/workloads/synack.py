@@ -35,6 +35,8 @@ LATE_SYNACK_RST = ("a duplicate SYN-ACK arriving after the client's connection h
 
 
 def expected_events(connections: int, dropped: int) -> dict[str, Any]:
+    """Churn's expectation (the server closing first) with `dropped` SYN-ACKs dropped: their resends as lower
+    bounds, and why the counts they touch are inexact."""
     expected = churn_expected(connections, "server")
     server, client = expected["server"], expected["client"]
     server["at_least"].update({"synack_retransmit": dropped, "TcpExtTCPSynRetrans": dropped})

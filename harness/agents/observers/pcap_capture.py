@@ -165,6 +165,10 @@ class Capture:
 
 
 def run(args: argparse.Namespace) -> int:
+    """A trial's capture: ready, packets until stdin closes, then the ring frozen and drained, one result line.
+
+    Exit status 0, or EXIT_CAPTURE_FAILED after an error line (the capture cannot open, or the link is not Ethernet).
+    """
     # The harness stops us by closing stdin (and kills us if that fails): a terminal's SIGINT to the
     # process group must not cut a drain short.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -219,6 +223,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_switched(args: argparse.Namespace) -> int:
+    """--switched: a capture opened on each "on" line, drained and closed on each "off"; stdin closing ends it.
+
+    Exit status 0, or EXIT_CAPTURE_FAILED after an error line when a capture cannot open.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import pcapy
 
@@ -276,6 +284,7 @@ def run_switched(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: the interface, filter, snaplen, ring and sides; --switched for the toggled measurement."""
     parser = argparse.ArgumentParser(prog="pcap_capture", description=__doc__.split("\n\n")[0])
     parser.add_argument("--interface", required=True)
     parser.add_argument("--expression", required=True, help="a pcap-filter(7) expression")

@@ -30,6 +30,7 @@ SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, cty
 
 
 def main(argv: list[str]) -> int:
+    """Command line: `ringbuf_py_consumer MAP_FD` (argv[0] included); 2 on bad usage, 1 on a libbpf error."""
     if len(argv) != 2:
         print("usage: ringbuf_py_consumer MAP_FD", file=sys.stderr)
         return 2

@@ -39,6 +39,7 @@ ALL_BUT_TIME_WAIT = 0xFFF & ~(1 << TCP_TIME_WAIT)  # bit n: TCP state n (include
 
 
 def run(args: argparse.Namespace) -> int:
+    """Poll every interval until stdin closes, then once more and one result line; EXIT_FAILED without sock_diag."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the harness stops us through stdin
     from pyroute2 import DiagSocket
 
@@ -106,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: --interval-ms (> 0, else an error line and EXIT_FAILED) and the --keep addresses."""
     parser = argparse.ArgumentParser(prog="sockdiag_poller", description=__doc__.split("\n\n")[0])
     parser.add_argument("--interval-ms", type=float, required=True)
     parser.add_argument("--keep", action="append", default=[], metavar="ADDRESS",

@@ -63,6 +63,11 @@ def drain(fds: list[int], page_size: int, sink) -> int:
 
 
 def run(config: dict) -> int:
+    """Drain every CPU's trace_pipe_raw each poll_ms until stdin closes, once more after, then one result line.
+
+    `config` is the backend's JSON (instance, cpus, events, layout, consumer, ...); the record consumer decodes
+    after the stop. Exit status 0, or EXIT_FAILED after an error line.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the harness stops us through stdin
     decoders = {int(event_id): (spec["kind"], make_decoder(spec["tracepoint"], spec["fields"]))
                 for event_id, spec in config["events"].items()}
@@ -142,6 +147,7 @@ def run(config: dict) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: one argument, the config as JSON (a usage line and EXIT_FAILED otherwise)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m harness.agents.observers.tracefs_reader CONFIG_JSON", file=sys.stderr)

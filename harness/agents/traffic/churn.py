@@ -37,6 +37,8 @@ class _ServerConnection:
 
 
 def serve(address: str, port: int, count: int, closer: str, size: int) -> None:
+    """Server side: accept `count` connections, read `size` bytes, answer as many and close as `closer` says;
+    reports accepted, closed and errors. Stops early when stdin closes."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((address, port))
@@ -160,6 +162,8 @@ def _client_worker(address: str, port: int, count: int, closer: str, size: int,
 
 def client(address: str, port: int, count: int, concurrency: int, closer: str, size: int,
            rate: float) -> None:
+    """Client side: `count` connections over `concurrency` forked workers, paced to `rate` connections/s in
+    total (0: unpaced); reports connections, failures, the loop's wall time, the latency histogram and CPU ticks."""
     ctx = multiprocessing.get_context("fork")
     start, results = ctx.Event(), ctx.Queue()
     shares = [count // concurrency + (1 if i < count % concurrency else 0) for i in range(concurrency)]
@@ -196,6 +200,7 @@ def client(address: str, port: int, count: int, concurrency: int, closer: str, s
 
 
 def main() -> None:
+    """Command line: role, address and port, then --count, --concurrency, --closer, --bytes, --rate."""
     parser = traffic_parser(__doc__)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=1)

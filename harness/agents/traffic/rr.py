@@ -50,6 +50,8 @@ def _flush(selector: selectors.BaseSelector, conn: _Conn) -> None:
 
 
 def serve(address: str, port: int, connections: int, request: int, response: int) -> None:
+    """Server side: answer each `request`-byte request with `response` bytes until `connections` connections
+    have closed (or stdin closes); reports accepted, closed, answered and errors."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((address, port))
@@ -116,6 +118,9 @@ def serve(address: str, port: int, connections: int, request: int, response: int
 
 def client(address: str, port: int, connections: int, transactions: int, request: int, response: int,
            counter_path: str | None = None) -> None:
+    """Client side: `transactions` round trips over `connections` connections, one outstanding per connection
+    (0: until stdin closes, the count published in `counter_path`); reports transactions, failures, the loop's
+    wall time, the latency histogram and CPU ticks."""
     selector = selectors.DefaultSelector()
     counter = open_counter(counter_path)
     live = transactions == 0
@@ -210,6 +215,7 @@ def client(address: str, port: int, connections: int, transactions: int, request
 
 
 def main() -> None:
+    """Command line: role, address and port, then --connections, --transactions, --request, --response, --counter."""
     parser = traffic_parser(__doc__)
     parser.add_argument("--connections", type=int, required=True)
     parser.add_argument("--transactions", type=int, default=0)

@@ -23,6 +23,8 @@ from harness.agents.common import emit, open_counter, stdin_closed, traffic_pars
 
 
 def serve(address: str, port: int) -> None:
+    """Server side: accept one connection, read until the client's FIN, close; reports bytes received and the
+    time from the first byte to the FIN."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((address, port))
@@ -47,6 +49,9 @@ def serve(address: str, port: int) -> None:
 
 def client(address: str, port: int, total: int, duration_s: float, message: int, live: bool = False,
            counter_path: str | None = None) -> None:
+    """Client side: send `message`-byte messages until `total` bytes are sent (for `duration_s` seconds when
+    given; until stdin closes when `live`), then FIN and wait for the server's; reports bytes, messages, the
+    loop's wall time, the send latency histogram and CPU ticks."""
     counter = open_counter(counter_path)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.connect((address, port))
@@ -97,6 +102,7 @@ def client(address: str, port: int, total: int, duration_s: float, message: int,
 
 
 def main() -> None:
+    """Command line: role, address and port, then --bytes, --duration, --message, --live, --counter."""
     parser = traffic_parser(__doc__)
     parser.add_argument("--bytes", type=int, default=0)
     parser.add_argument("--duration", type=float, default=0.0)
