@@ -99,7 +99,7 @@ class Profile:
 
 
 PROFILES = {
-    "quick": Profile("quick", 1, 0, False, "toggled churn for up to 40 s, one round of fidelity trials: a smoke run",
+    "quick": Profile("quick", 1, 0, False, "toggled churn for up to 45 s, one round of fidelity trials: a smoke run",
                      toggle_scale=1 / 6, fidelity_only=True, pairings=QUICK_PAIRINGS),
     "default": Profile("default", 1, 0, False, "toggled overhead (churn up to 270 s, rr and stream up to 120 s plus what churn leaves), "
                        "then one round of short fidelity trials: what `make bench` runs (~10 minutes)",

@@ -97,9 +97,10 @@ def estimate(samples: list[float]) -> Estimate | None:
     if not samples:
         return None
     median = statistics.median(samples)
-    q1, q3 = (np.percentile(samples, [25, 75]) if len(samples) >= 4 else (median, median))
-    iqr = q3 - q1
-    outliers = sum(1 for s in samples if s < q1 - 1.5 * iqr or s > q3 + 1.5 * iqr)
+    outliers = 0  # Tukey's fences need quartiles: none below 4 samples (every sample off the median was one)
+    if len(samples) >= 4:
+        q1, q3 = np.percentile(samples, [25, 75])
+        outliers = sum(1 for s in samples if s < q1 - 1.5 * (q3 - q1) or s > q3 + 1.5 * (q3 - q1))
     if len(samples) < 3 or len(set(samples)) == 1:
         low = high = (median if len(set(samples)) == 1 and len(samples) >= 3 else None)
         return Estimate(median, low, high, len(samples), outliers)

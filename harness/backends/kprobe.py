@@ -99,7 +99,7 @@ def parse_hooks(text: str) -> tuple[str, ...]:
     return parse_names(text, HOOKS)
 
 
-_check_hooks = names_check(HOOKS)
+check_hooks = names_check(HOOKS)
 
 
 def resolve_hooks(names: tuple[str, ...], kallsyms: str | None = None,
@@ -236,7 +236,7 @@ class KprobeBackend(Backend):
         # the shared session's modes, transports and consumers; not the tracepoint flavours
         base = {p.name: p for p in TracepointBackend().params if p.name not in ("flavour", "check", "rescue")}
         base["hooks"] = Param("hooks", str, "all", "functions to probe: all, or short names joined by '+' "
-                              f"({'+'.join(HOOKS)})", check=_check_hooks)
+                              f"({'+'.join(HOOKS)})", check=check_hooks)
         self.params = (
             *base.values(),
             Param("check", bool, True, "compare every struct read with the tracepoint for the same event "

@@ -17,7 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "bench",
         help="the default suite: every workload under every backend this kernel supports",
         epilog="examples:\n  tpbench bench                      toggled overhead + fidelity trials (what `make bench` runs)\n"
-        "  tpbench bench --profile quick      toggled churn only (40 s) + fidelity trials\n"
+        "  tpbench bench --profile quick      toggled churn only (45 s) + fidelity trials\n"
         "  tpbench bench --profile thorough   every level x consumer pairing, doubled caps, 10 rounds, sweeps\n"
         "  tpbench bench --profile sweeps     the sweeps alone (where does one backend's cost cross another's?)\n"
         "writes results/<run-id>/run.json, analysis.json and benchmark.json (pytest-benchmark format:\n"

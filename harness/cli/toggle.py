@@ -18,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="overhead by switching observers on and off under one running workload (decided verdicts)",
         description="Prepare every observer once, run one live workload per -w, and switch the observers "
         "on and off in short windows in a random balanced order beside two no-observer arms (the "
-        "baseline and its A/A twin). Stops when every headline comparison's 95%% CI is at most 2 "
+        "baseline and its A/A twin). Stops when every headline comparison's 95% CI is at most 2 "
         "percentage points wide on each side, or at --max-s.",
         epilog="examples:\n"
         "  tpbench toggle -b tracepoint,pcap -w churn\n"

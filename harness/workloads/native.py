@@ -41,7 +41,7 @@ def agent_binary(name: str) -> Path:
     result = subprocess.run(["gcc", *CFLAGS, *tcp.c_defines(), "-o", str(partial), str(source)], capture_output=True, text=True)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
-        raise WorkloadError(f"gcc failed on {source.name}: {result.stderr.strip().splitlines()[-1:]}")
+        raise WorkloadError(f"gcc failed on {source.name}: {(result.stderr.strip().splitlines() or ['no message'])[-1]}")
     partial.rename(binary)
     return binary
 

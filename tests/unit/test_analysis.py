@@ -39,6 +39,8 @@ def test_estimate_brackets_the_median_and_needs_three_samples():
     assert est.outliers == 1  # 50 is beyond 1.5 IQR, kept but counted
     assert estimate([1.0, 2.0]).low is None
     assert estimate([]) is None
+    # no quartiles below 4 samples, so no outliers (not every sample off the median)
+    assert estimate([1.0, 2.0, 3.0]).outliers == estimate([1.0, 2.0]).outliers == 0
 
 
 def test_overhead_is_paired_per_round_and_decided_only_when_tight():

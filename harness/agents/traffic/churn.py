@@ -3,7 +3,8 @@
 server: listen on ADDRESS:PORT, accept COUNT connections. Per connection it reads BYTES (the
         request), writes BYTES back (the response), then closes at once (--closer server) or waits
         for the client's FIN and closes after it (--closer client). Then it closes the listener.
-        Stops early when its stdin closes (after draining connections already queued).
+        Stops early when its stdin closes (the harness does once the client is done): connections
+        it has not closed by then are closed as it exits.
 client: CONCURRENCY forked workers share COUNT connections; each connects, sends BYTES, reads BYTES
         back, then closes first (--closer client) or reads until the server's FIN and then closes.
         With --rate, workers pace themselves to that many connections/s in total. Reports
