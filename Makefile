@@ -10,7 +10,7 @@ BENCH_ARGS ?=
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup.sh $(wildcard harness/agents/traffic/c/*.c)
+$(STAMP): pyproject.toml scripts/setup.sh $(wildcard harness/agents/traffic/c/*.c harness/backends/*_consumer.c)
 	bash scripts/setup.sh
 	touch $@
 

@@ -50,6 +50,7 @@ FUNCTIONS = (
 BUSY_LIMIT = 0.15  # share of every CPU's capacity used by others: a 2-vCPU host with one hog reads 0.5
 SAMPLE_S = 0.5
 SAMPLES = 3  # a busy first sample is taken again (a namespace's teardown in a kworker is brief)
+# C helpers live in ~/.cache/tpbench/bin (harness/cbuild.py); the churn agent lived in <venv>/libexec/tpbench
 AGENT_MARKERS = ("harness.agents.", "/tpbench/bin/", "/libexec/tpbench/")
 
 

@@ -58,8 +58,9 @@ echo "$(pwd)/.venv/bcc-only" > "$site/tpbench-bcc-only.pth"
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
-# The agents whose hot loop is C (harness/agents/traffic/c/), into .venv/libexec/tpbench/
-.venv/bin/python -c "from harness.workloads.native import main; main()"
+# The C helpers (the churn agent, the ring-buffer and capture consumers), into ~/.cache/tpbench/bin,
+# so that a VM, which sees this host's files read-only, finds them built (harness/cbuild.py)
+.venv/bin/python -m harness.cbuild
 
 .venv/bin/python - <<'PY'
 import bcc, pyroute2, scapy, pytest

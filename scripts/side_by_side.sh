@@ -7,7 +7,7 @@
 #   sudo SESSION=shared scripts/side_by_side.sh  # tcpstates in the workload's session (see below)
 #
 # What it does: two namespaces made with ip(8) on a veth pair (198.19.9.1/.2, no route out), the C
-# churn generator tpbench builds (.venv/libexec/tpbench/churn, concurrency 4) and the host's busy
+# churn generator tpbench builds (python -m harness.cbuild churn, concurrency 4) and the host's busy
 # CPU from /proc/stat (user+nice+system+irq+softirq jiffies) over the client's run, per connection.
 # tcpstates runs as a user runs it: started, waited for until it prints its header, stopped after
 # the run; its rows for the test addresses are counted against the ~10 transitions per connection,
@@ -23,7 +23,7 @@
 set -u
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "side_by_side.sh: must run as root" >&2; exit 2; }
-CHURN=.venv/libexec/tpbench/churn
+CHURN=$(.venv/bin/python -m harness.cbuild churn)
 [ -x "$CHURN" ] || { echo "side_by_side.sh: $CHURN missing: run make setup" >&2; exit 2; }
 command -v tcpstates-bpfcc > /dev/null || { echo "side_by_side.sh: tcpstates-bpfcc missing (apt install bpfcc-tools)" >&2; exit 2; }
 N=${N:-20000}; R=${R:-3}; SESSION=${SESSION:-own}

@@ -56,8 +56,9 @@ from ..decoders.pcap_infer import (ASSUMPTIONS, INVISIBLE, INVISIBLE_STATE_FILTE
 from ..errors import UsageError
 from ..kernel import KernelProbe
 from ..params import Param
+from .. import cbuild
 from ..system import die_with_runner
-from .processes import DeferredCpu, cached_binary, kill, process_cpu_s, read_line, reap
+from .processes import DeferredCpu, kill, process_cpu_s, read_line, reap
 from ..tcp import EVENT_KINDS, FLOW_SAMPLE, SIDES
 from .base import Availability, Backend, Observation
 
@@ -66,8 +67,15 @@ FILTERS = {
     "full": "tcp",
 }
 CONSUMERS = ("python", "tcpdump", "c")
-CONSUMER_SOURCE = Path(__file__).with_name("pcap_consumer.c")
 VISIBLE_KINDS = ("state_change", "retransmit", "synack_retransmit", "reset_sent", "reset_received")
+
+
+def _consumer_binary() -> Path:
+    """The C capture consumer (pcap_consumer.c, built by harness/cbuild.py); CaptureError if it cannot be."""
+    try:
+        return cbuild.binary("pcap_consumer")
+    except cbuild.BuildError as exc:
+        raise CaptureError(str(exc)) from None
 
 
 def sides_of(topology: Topology) -> dict[str, str]:
@@ -218,7 +226,7 @@ class _SwitchedCapture:
         self.process: subprocess.Popen | None = None
         if config["consumer"] == "c":
             by_side = {side: address for address, side in config["sides"].items()}
-            argv = [str(cached_binary(CONSUMER_SOURCE, ["-lpcap"], "the C capture consumer", CaptureError)),
+            argv = [str(_consumer_binary()),
                     config["interface"], config["expression"], str(config["snaplen"]),
                     str(config["buffer_bytes"]), str(config["timeout_ms"]), by_side["client"], by_side["server"]]
         else:

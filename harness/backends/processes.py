@@ -3,14 +3,12 @@ answers without hanging, reaping them with their CPU time, and killing them on e
 
 from __future__ import annotations
 
-import hashlib
 import os
 import select
 import subprocess
 import time
 from pathlib import Path
 
-from ..headers import CACHE_DIR
 
 
 def read_line(stream, timeout_s: float, what: str, error: type[Exception] = RuntimeError) -> str:
@@ -103,21 +101,3 @@ class DeferredCpu:
     def since(self, name: str, total_s: float | None) -> float | None:
         start = self.at_loop_end.get(name)
         return None if start is None or total_s is None else round(max(0.0, total_s - start), 6)
-
-
-def cached_binary(source: Path, libraries: list[str], what: str, error: type[Exception] = RuntimeError) -> Path:
-    """A C helper built once per source version with gcc (make setup installs gcc and the -dev
-    packages), cached under ~/.cache/tpbench/bin; built atomically (temporary name, rename)."""
-    text = source.read_bytes()
-    binary = CACHE_DIR / "bin" / f"{source.stem}-{hashlib.sha256(text).hexdigest()[:12]}"
-    if binary.exists():
-        return binary
-    binary.parent.mkdir(parents=True, exist_ok=True)
-    staging = binary.with_name(binary.name + f".tmp-{os.getpid()}")
-    build = subprocess.run(["gcc", "-O2", "-Wall", "-o", str(staging), str(source), *libraries],
-                           capture_output=True, text=True)
-    if build.returncode != 0:
-        first = next((line for line in build.stderr.splitlines() if "error" in line), build.stderr.strip())
-        raise error(f"cannot build {what} (gcc, {' '.join(libraries)}): {first}")
-    staging.rename(binary)
-    return binary

@@ -20,11 +20,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from .. import cbuild
 from ..system import die_with_runner
 from .bpf_build import BackendError
-from .processes import cached_binary
 
-CONSUMER_SOURCE = Path(__file__).with_name("ringbuf_consumer.c")
 EVENT_SIZE = 56
 _KEY = struct.Struct("<I4B")  # pid, kind, side, oldstate, newstate: bytes 16..24 of an event
 POLL_TIMEOUT_MS = 20
@@ -38,8 +37,11 @@ def count_key(counts: Counter, attribution: Counter, key: bytes, n: int) -> None
 
 
 def consumer_binary() -> Path:
-    """The C consumer, built once per source version with gcc and libbpf (make setup installs both)."""
-    return cached_binary(CONSUMER_SOURCE, ["-lbpf"], "the C ring-buffer consumer", BackendError)
+    """The C consumer (ringbuf_consumer.c, built by harness/cbuild.py with libbpf); BackendError if it cannot be."""
+    try:
+        return cbuild.binary("ringbuf_consumer")
+    except cbuild.BuildError as exc:
+        raise BackendError(str(exc)) from None
 
 
 class PythonConsumer:

@@ -37,13 +37,13 @@ struct event {
 };
 _Static_assert(sizeof(struct event) == 56, "struct event must match tracepoint.bpf.c");
 
+// The model's numbers come from harness/tcp.py's c_defines() as -D flags (harness/cbuild.py)
+#if !defined(FLOW_SAMPLE) || !defined(NSTATES) || !defined(KIND_SOCK_DESTROY) || !defined(KIND_PROBE)
+#error "FLOW_SAMPLE, NSTATES and KIND_* come from harness/tcp.py's c_defines() (build with harness/cbuild.py)"
+#endif
 #define NSIDES 3
-#define NKINDS 7
-#define NSTATES 16
+#define NKINDS (KIND_PROBE + 1) // the last of tcp.EVENT_KINDS
 #define ATTR_SLOTS 4096 // distinct (side, kind, pid, comm): bounded; the rest counted as overflow
-
-#define KIND_SOCK_DESTROY 5 // tcp_events.bpf.h
-#define FLOW_SAMPLE 64      // harness/analysis/flowmatch.py and harness/agents/traffic/c/churn.c use the same
 #define FLOW_EVENTS 65536
 #define SK_SLOTS 65536
 

@@ -46,8 +46,8 @@
 #define MAX_ERRNO 256
 #define BUCKETS 64
 #define MAX_WORKERS 256
-#ifndef FLOW_SAMPLE /* harness/tcp.py's, passed by harness/workloads/native.py as -DFLOW_SAMPLE=N */
-#error "FLOW_SAMPLE comes from harness/tcp.py's c_defines() (build with harness.workloads.native)"
+#ifndef FLOW_SAMPLE /* harness/tcp.py's, passed by harness/cbuild.py as -DFLOW_SAMPLE=N */
+#error "FLOW_SAMPLE comes from harness/tcp.py's c_defines() (build with harness/cbuild.py)"
 #endif
 #define FLOW_SLOTS 4096
 
