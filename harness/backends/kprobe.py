@@ -327,7 +327,12 @@ class KprobeBackend(Backend):
                 # the kprobe layer's re-entry misses, per kprobe (see the module's docstring)
                 missed = kprobes[0].missed()
                 details["kprobe_missed"] = {chosen[hook]: n for hook, n in missed.items()}
-                details["loss_method"] += "; + the kprobe layer's nmissed per kprobe (tracefs kprobe_profile)"
+                total = sum(missed.values())
+                details["loss_method"] += (
+                    f"; + the kprobe layer's nmissed per kprobe (tracefs kprobe_profile: {total})"
+                    if observation.lost is not None else
+                    f"; the kprobe layer's own misses are counted apart, nmissed per kprobe (tracefs kprobe_profile: "
+                    f"{total}, details.kprobe_missed): a lower bound")
                 if observation.lost is not None:
                     observation.lost += sum(missed.values())
                     counted = {}
