@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from . import cbuild
 from .analysis.crosscheck import cross_check
 from .errors import UsageError
 from .headers import CACHE_DIR
@@ -38,6 +39,7 @@ from .system import die_with_runner
 REPO = Path(__file__).resolve().parent.parent
 QEMU = "qemu-system-x86_64"
 KVM_PROBE_TIMEOUT_S = 45.0  # a KVM boot with the host fs takes a few seconds; TCG ~40 s
+BOOT_ATTEMPTS = 2  # an emulated boot that ends before the guest runs anything is tried once more
 EMULATION_LABEL = ("emulated (qemu TCG, no KVM): timings are 10-50x slower than native and "
                    "compare only with other emulated runs")
 
@@ -172,7 +174,7 @@ def run_in_vm(image: Path, tpbench_args: list[str], out_root: Path, cpus: int, m
     """Boot, run `tpbench <args>` in the guest, bring run.json back; returns the summary."""
     if not tpbench_args or tpbench_args[0] != "run":
         raise UsageError("tpbench vm runs 'tpbench run ...' in the VM: give the run arguments after '--', "
-                         "e.g. tpbench vm --kernel /boot/vmlinuz-6.1.0-56-amd64 -- run -b kprobe -w churn")
+                         "e.g. tpbench vm --kernel /boot/vmlinuz-6.1.0-57-amd64 -- run -b kprobe -w churn")
     if any(a in ("-o", "--out") or a.startswith("--out=") for a in tpbench_args):
         raise UsageError("tpbench vm: give -o/--out to 'tpbench vm', not to the run inside it")
     image = image.resolve() if image.exists() else image
@@ -196,18 +198,17 @@ def run_in_vm(image: Path, tpbench_args: list[str], out_root: Path, cpus: int, m
     emulated = not kvm
     say(f"vm: kernel {release} ({image}), {cpus} CPUs, {memory}, "
         f"{'KVM' if kvm else 'emulated (TCG)'}: {why}")
-    # The C ring-buffer consumer is built here (host gcc) and handed to the guest's cache.
-    from .backends.ringbuf import consumer_binary
-
     work = Path(tempfile.mkdtemp(prefix="tpbench-vm-"))
     try:
         (work / "cache" / "bin").mkdir(parents=True)
         (work / "results").mkdir()
-        try:
-            binary = consumer_binary()
-            shutil.copy2(binary, work / "cache" / "bin" / binary.name)
-        except Exception as exc:  # the guest builds it itself if it must
-            say(f"vm: C consumer not prebuilt ({exc})")
+        # The C helpers are built here (host gcc) and handed to the guest's cache, which starts empty
+        for name in cbuild.HELPERS:
+            try:
+                binary = cbuild.binary(name)
+                shutil.copy2(binary, work / "cache" / "bin" / binary.name)
+            except cbuild.BuildError as exc:  # the guest builds it itself if it must
+                say(f"vm: {name} not prebuilt ({exc})")
         tpbench = Path(sys.executable).with_name("tpbench")
         script = work / "guest.sh"
         script.write_text(GUEST_SCRIPT.format(out=work, repo=REPO, tpbench=tpbench,
@@ -219,8 +220,19 @@ def run_in_vm(image: Path, tpbench_args: list[str], out_root: Path, cpus: int, m
             boot["s"] = seconds
             say(f"vm: guest up after {seconds:.1f} s ({'emulated' if emulated else 'KVM'}); running tpbench ...")
 
-        status, seconds = _vng(image, f"sh {script}", work, cpus, memory, kvm, work / "vm.log", timeout_s,
-                               started_marker=work / "booted", on_boot=booted)
+        # An emulated boot now and then ends before the guest runs anything (qemu exits 255, no
+        # output; seen once in a CI run of ~10 boots): such a boot is tried once more, within the
+        # same --timeout, and the record says so (vm.boot_attempts; the failed log is kept)
+        seconds, attempts = 0.0, 0
+        while True:
+            attempts += 1
+            status, took = _vng(image, f"sh {script}", work, cpus, memory, kvm, work / "vm.log",
+                                timeout_s - seconds, started_marker=work / "booted", on_boot=booted)
+            seconds += took
+            if status is None or (work / "booted").exists() or attempts == BOOT_ATTEMPTS:
+                break
+            (work / "vm.log").rename(work / f"vm-failed-boot-{attempts}.log")
+            say(f"vm: the guest never booted (qemu exited {status} after {took:.0f} s): booting it once more")
         if status is None:
             raise UsageError(f"the VM did not finish within --timeout {timeout_s:.0f} s (qemu killed; "
                              f"{'booted' if 's' in boot else 'never booted'})")
@@ -248,6 +260,7 @@ def run_in_vm(image: Path, tpbench_args: list[str], out_root: Path, cpus: int, m
             "accelerator": "kvm" if kvm else "tcg",
             "accelerator_reason": why,
             "boot_s": round(boot.get("s", 0.0), 1),
+            "boot_attempts": attempts,
             "vm_total_s": round(seconds, 1),
             "guest_exit_status": rc,
             "timings": EMULATION_LABEL if emulated else "KVM guest: timings comparable to native, "
@@ -263,6 +276,8 @@ def run_in_vm(image: Path, tpbench_args: list[str], out_root: Path, cpus: int, m
         write_json_atomic(target / "run.json", record)
         (target / "guest-stderr.log").write_text(stderr)
         shutil.copy2(work / "vm.log", target / "vm.log")
+        for failed in work.glob("vm-failed-boot-*.log"):
+            shutil.copy2(failed, target / failed.name)
         return {
             "run_id": record["run_id"],
             "run_json": str(target / "run.json"),

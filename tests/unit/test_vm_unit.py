@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UsageError
+from harness import vm
 from harness.vm import kernel_release
 from tests.helpers import REPO
 
@@ -52,3 +53,46 @@ def test_missing_qemu_is_one_line_and_exit_2():
     assert result.returncode == 2
     assert result.stderr.strip() == ("tpbench: error: qemu-system-x86_64 not found: install Debian's "
                                      "qemu-system-x86 (make setup)")
+
+
+def test_a_boot_that_never_started_is_tried_once_more_within_the_timeout(tmp_path, monkeypatch):
+    """A CI run's emulated 6.12 boot once ended before the guest ran anything (qemu exited 255,
+    no output): such a boot is tried once more, the record says so, and the failed log is kept."""
+    import json
+
+    import harness.system
+
+    release = "6.12.0-test-amd64"
+    monkeypatch.setattr(vm, "kernel_release", lambda image: release)
+    monkeypatch.setattr(vm, "vng_binary", lambda: Path("/bin/true"))
+    monkeypatch.setattr(vm, "QEMU", "sh")
+    monkeypatch.setattr(harness.system, "require_root", lambda what: None)
+    real_is_dir = Path.is_dir
+    monkeypatch.setattr(Path, "is_dir", lambda self: str(self) == f"/lib/modules/{release}" or real_is_dir(self))
+    timeouts = []
+
+    def fake_vng(image, command, rwdir, cpus, memory, kvm, log, timeout_s, started_marker=None, on_boot=None):
+        timeouts.append(timeout_s)
+        if len(timeouts) == 1:
+            log.write_text("")  # what the failed CI boot left: nothing
+            return 255, 3.0
+        log.write_text("guest ran\n")
+        started_marker.touch()
+        (rwdir / "release").write_text(release)
+        (rwdir / "rc").write_text("0")
+        (rwdir / "stderr").write_text("")
+        run = rwdir / "results" / "20261207T000000-abcd"
+        run.mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({
+            "run_id": run.name, "status": "complete", "kernel": {"release": release},
+            "headers": {"kind": "exact", "package_version": None}, "cells": []}))
+        return 0, 40.0
+
+    monkeypatch.setattr(vm, "_vng", fake_vng)
+    said = []
+    summary = vm.run_in_vm(Path("/nonexistent/vmlinuz"), ["run", "-b", "none", "-w", "churn"], tmp_path, 2, "2G",
+                           100.0, "off", said.append)
+    assert summary["vm"]["boot_attempts"] == 2 and timeouts == [100.0, 97.0]
+    assert any("booting it once more" in line for line in said)
+    [target] = tmp_path.iterdir()
+    assert (target / "vm-failed-boot-1.log").exists() and (target / "vm.log").read_text() == "guest ran\n"
