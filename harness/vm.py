@@ -221,7 +221,7 @@ def run_in_vm(image: Path, tpbench_args: list[str], out_root: Path, cpus: int, m
             say(f"vm: guest up after {seconds:.1f} s ({'emulated' if emulated else 'KVM'}); running tpbench ...")
 
         # An emulated boot now and then ends before the guest runs anything (qemu exits 255, no
-        # output; seen once in a CI run of ~10 boots): such a boot is tried once more, within the
+        # output; 1 of 12 full emulated boots on 2026-12-07): such a boot is tried once more, within the
         # same --timeout, and the record says so (vm.boot_attempts; the failed log is kept)
         seconds, attempts = 0.0, 0
         while True:

@@ -305,13 +305,13 @@ class KprobeBackend(Backend):
 
         kprobes: list[TracefsKprobes] = []
 
-        def attach(bpf: Any, exit: contextlib.ExitStack) -> None:
+        def attach(bpf: Any, stack: contextlib.ExitStack) -> None:
             if self.fentry:
                 attach_fentries(bpf, chosen, attached, absent)
                 return
-            tracefs = exit.enter_context(tracefs_mounted())
+            tracefs = stack.enter_context(tracefs_mounted())
             made = TracefsKprobes(bpf, tracefs)
-            exit.callback(made.close)  # before bcc's cleanup (the stack unwinds last in, first out)
+            stack.callback(made.close)  # before bcc's cleanup (the stack unwinds last in, first out)
             kprobes.append(made)
             for name, symbol in chosen.items():
                 made.attach(name, symbol)
@@ -334,7 +334,7 @@ class KprobeBackend(Backend):
                     f"; the kprobe layer's own misses are counted apart, nmissed per kprobe (tracefs kprobe_profile: "
                     f"{total}, details.kprobe_missed): a lower bound")
                 if observation.lost is not None:
-                    observation.lost += sum(missed.values())
+                    observation.lost += total
                     counted = {}
                     for hook, n in missed.items():
                         counted[HOOKS[hook].kind] = counted.get(HOOKS[hook].kind, 0) + n
