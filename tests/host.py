@@ -26,3 +26,21 @@ def assert_short_at_most(seen: dict[str, int], expected: dict[str, int], connect
     assert set(seen) <= set(expected), (what, sorted(set(seen) - set(expected)))
     short = {key: n - seen.get(key, 0) for key, n in expected.items() if seen.get(key, 0) != n}
     assert all(0 < gap <= connections for gap in short.values()), (what, short)
+
+
+class HiddenTails:
+    """Counts checked one by one against what was declared, each allowed short by what the kernel
+    counted as skipped plus at most BLIND_CONNECTIONS connections the host hid; the hidden part
+    summed over every count of one observation stays within what that many tails can hold."""
+
+    def __init__(self, connections: int = BLIND_CONNECTIONS) -> None:
+        self.connections, self.hidden = connections, 0
+
+    def check(self, got: int, declared: int, counted: int = 0, what: object = "", per_tail: int = 1) -> None:
+        """declared - counted - the host's hidden tails <= got <= declared; per_tail is how many
+        of this count one hidden tail can hold (1 for one transition, 3 for a side's events)."""
+        assert got <= declared, (what, got, declared)
+        hidden = max(0, declared - counted - got)
+        assert hidden <= self.connections * per_tail, (what, got, declared, counted)
+        self.hidden += hidden
+        assert self.hidden <= 3 * self.connections, (what, "hidden in all", self.hidden)
