@@ -103,6 +103,40 @@ def parse_assignments(items: Iterable[str]) -> dict[str, str]:
     return result
 
 
+def split_settings(text: str) -> list[str]:
+    """`kprobe,tracepoint[flavour=tp,mode=aggregate]` -> ['kprobe', 'tracepoint[flavour=tp,mode=aggregate]']:
+    commas split the list only outside brackets."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char in "[]":
+            depth += 1 if char == "[" else -1
+            if depth not in (0, 1):
+                raise UsageError(f"unbalanced brackets in {text!r}")
+        elif char == "," and depth == 0:
+            items.append(text[start:i].strip())
+            start = i + 1
+    if depth:
+        raise UsageError(f"unbalanced brackets in {text!r}")
+    items.append(text[start:].strip())
+    if not all(items):
+        raise UsageError(f"empty name in {text!r}")
+    return items
+
+
+def parse_setting(text: str) -> tuple[str, dict[str, str]]:
+    """`tracepoint[flavour=tp,mode=aggregate]` -> ('tracepoint', {'flavour': 'tp', 'mode': 'aggregate'}):
+    a backend with parameters of its own, written as the record labels it; `kprobe` -> ('kprobe', {})."""
+    name, bracket, rest = text.partition("[")
+    name = name.strip()
+    if not name:
+        raise UsageError(f"malformed backend {text!r}: expected name or name[param=value,...]")
+    if not bracket:
+        return name, {}
+    if not rest.endswith("]") or "[" in rest or "]" in rest[:-1] or not rest[:-1].strip():
+        raise UsageError(f"malformed backend {text!r}: expected name[param=value,...]")
+    return name, parse_assignments([rest[:-1]])
+
+
 def resolve(
     owner: str,
     specs: Iterable[Param],

@@ -30,7 +30,7 @@ from .errors import Interrupted, UsageError
 from .headers import find_headers
 from .interrupts import check as check_interrupt, critical
 from .kernel import KernelProbe, probe
-from .params import Param, resolve_plugin, split_for_plugins
+from .params import Param, parse_setting, resolve_plugin, split_for_plugins
 from .record import RunRecord, new_run_id, utc_now
 from .system import require_root, run_cgroup, run_lock, tracefs_mounted
 from .toggle import Group, run_groups
@@ -59,7 +59,11 @@ class Cell:
 
 
 def plan(workload_names: list[str], backend_names: list[str], assignments: dict[str, str]) -> list[Cell]:
-    """Validate names and parameters up front: bad input fails before anything is touched."""
+    """Validate names and parameters up front: bad input fails before anything is touched.
+
+    A backend may carry parameters of its own, written as the record labels it
+    (`tracepoint[flavour=tp]`): they override `-p` for that setting only, so one run can measure
+    the same backend in several settings side by side."""
     if not workload_names:
         raise UsageError("no workload given")
     if not backend_names:
@@ -68,17 +72,25 @@ def plan(workload_names: list[str], backend_names: list[str], assignments: dict[
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
             raise UsageError(f"{kind} {', '.join(sorted(duplicates))} given twice")
+    settings = [parse_setting(text) for text in backend_names]
     workloads = [get_workload(n) for n in workload_names]
-    backends = [get_backend(n) for n in backend_names]
+    backends = {name: get_backend(name) for name, _ in settings}
     plugins: dict[str, tuple[Param, ...]] = {}
-    for plugin in (*workloads, *backends):
+    for plugin in (*workloads, *backends.values()):
         plugins[plugin.name] = tuple(plugin.params)
     routed = split_for_plugins(assignments, plugins)
-    resolved = {plugin.name: resolve_plugin(plugin, routed.get(plugin.name, {})) for plugin in (*workloads, *backends)}
+    resolved = {workload.name: resolve_plugin(workload, routed.get(workload.name, {})) for workload in workloads}
+    chosen: list[tuple[Backend, dict[str, Any]]] = []
+    for text, (name, own) in zip(backend_names, settings):
+        backend = backends[name]
+        values = resolve_plugin(backend, {**routed.get(name, {}), **own})
+        if any(b is backend and v == values for b, v in chosen):
+            raise UsageError(f"backend {text} is a setting already given (every parameter the same)")
+        chosen.append((backend, values))
     return [
-        Cell(workload, backend, resolved[workload.name], resolved[backend.name])
+        Cell(workload, backend, resolved[workload.name], values)
         for workload in workloads
-        for backend in backends
+        for backend, values in chosen
     ]
 
 

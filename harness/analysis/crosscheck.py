@@ -18,7 +18,8 @@ PROBE_BACKENDS = ("kprobe", "fentry")
 
 
 def cross_check(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """One entry per (kprobe or fentry cell, tracepoint cell) pair of the same workload."""
+    """One entry per (kprobe or fentry cell, tracepoint cell) pair of the same workload, each
+    named by its setting (`tracepoint[flavour=tp]`)."""
     results = []
     cells = [c for c in record.get("cells", []) if c.get("available")]
     for probe_cell in (c for c in cells if c["backend"] in PROBE_BACKENDS):
@@ -28,12 +29,13 @@ def cross_check(record: dict[str, Any]) -> list[dict[str, Any]]:
             differences: list[str] = []
             for probe_trial, tp_trial in pairs:
                 differences += _differences(probe_cell["backend"], probe_trial, tp_trial)
-            cost = {cell["backend"]: _ns_per_event(cell) for cell in (probe_cell, tp_cell)}
-            ratio = (round(cost[probe_cell["backend"]] / cost["tracepoint"], 2)
-                     if cost.get("tracepoint") and cost.get(probe_cell["backend"]) else None)
+            # named by setting: one run may hold the tracepoint in several flavours
+            names = [cell.get("setting", cell["backend"]) for cell in (probe_cell, tp_cell)]
+            cost = {name: _ns_per_event(cell) for name, cell in zip(names, (probe_cell, tp_cell))}
+            ratio = (round(cost[names[0]] / cost[names[1]], 2) if cost[names[0]] and cost[names[1]] else None)
             results.append({
                 "workload": probe_cell["workload"],
-                "backends": [probe_cell["backend"], "tracepoint"],
+                "backends": names,
                 "trials_compared": len(pairs),
                 "counts_equal": bool(pairs) and not differences,
                 "differences": differences,

@@ -33,6 +33,16 @@ def comma_list(text: str) -> list[str]:
     return items
 
 
+def setting_list(text: str) -> list[str]:
+    """argparse type: `kprobe,tracepoint[flavour=tp,mode=aggregate]` -> two backend settings."""
+    from ..params import split_settings
+
+    try:
+        return split_settings(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1."""
     try:

@@ -8,7 +8,7 @@ import statistics
 import sys
 
 from ..record import BASELINE
-from .common import add_command, add_run_options, comma_list, progress_display, summary
+from .common import add_command, add_run_options, comma_list, progress_display, setting_list, summary
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -20,11 +20,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog="examples:\n"
         "  tpbench run -b none -w churn -p connections=2000 --json\n"
         "  tpbench run -b none -w churn -p connections=20000,concurrency=4 -n 5 -o /tmp/results\n"
+        "  tpbench run -b 'tracepoint[flavour=tp],tracepoint[flavour=raw_tp],tracepoint[flavour=tp_btf]' \\\n"
+        "      -w churn -p connections=2000,mode=aggregate     one backend in three settings, side by side\n"
         "parameters: `-p name=value` goes to every selected workload/backend declaring `name`;\n"
-        "`-p backend.name=value` to one only. `tpbench list` shows them all.",
+        "`-p backend.name=value` to one only; `-b 'backend[name=value,...]'` to that setting only\n"
+        "(quote the brackets from the shell). `tpbench list` shows them all.",
     )
-    run.add_argument("-b", "--backend", type=comma_list, default=[BASELINE],
-                     help="comma list of backends (default: none, the no-observer baseline)")
+    run.add_argument("-b", "--backend", type=setting_list, default=[BASELINE],
+                     help="comma list of backends, each optionally with its own parameters as "
+                          "name[param=value,...] (default: none, the no-observer baseline)")
     run.add_argument("-w", "--workload", type=comma_list, default=["churn"],
                      help="comma list of workloads (default: churn)")
     run.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
@@ -62,10 +66,12 @@ def cmd_run(args: argparse.Namespace, workloads: list[str], backends: list[str],
 def print_table(record) -> None:
     """Per cell: ok trials, median operation rate and notes (failures, losses); then the record's path."""
     print(f"run {record.data['run_id']} ({record.data['status']}), kernel {record.data['kernel']['release']}")
-    print(f"{'workload':<10} {'backend':<12} {'trials':>6} {'median rate':>16}  notes")
+    width = max([12, *(len(c.get("setting", c["backend"])) for c in record.data["cells"])])
+    print(f"{'workload':<10} {'backend':<{width}} {'trials':>6} {'median rate':>16}  notes")
     for cell in record.data["cells"]:
         if not cell["available"]:
-            print(f"{cell['workload']:<10} {cell['backend']:<12} {'-':>6} {'-':>16}  unavailable: {cell['availability']}")
+            print(f"{cell['workload']:<10} {cell.get('setting', cell['backend']):<{width}} {'-':>6} {'-':>16}  "
+                  f"unavailable: {cell['availability']}")
             continue
         ok = [t for t in cell["trials"] if t["status"] == "ok"]
         failed = len(cell["trials"]) - len(ok)
@@ -76,5 +82,5 @@ def print_table(record) -> None:
             notes += " loss not countable on this kernel (see loss_method)"
         elif sum(lost):
             notes += f" {sum(lost)} events lost"
-        print(f"{cell['workload']:<10} {cell['backend']:<12} {len(ok):>6} {rate:>16}  {notes}")
+        print(f"{cell['workload']:<10} {cell.get('setting', cell['backend']):<{width}} {len(ok):>6} {rate:>16}  {notes}")
     print(f"record: {record.path}")

@@ -47,6 +47,15 @@ BAD_INPUT = [
     (["vm", "--kernel", "/nonexistent", "--cpus", "0", "--", "run"], "must be >= 1, not 0"),
     (["run", "-b", "kprobe", "-p", "kprobe.hooks=state+nosuch"], "unknown hook nosuch"),
     (["run", "-b", "fentry", "-p", "check=maybe"], "takes a boolean"),
+    # a backend with its own parameters: name[param=value,...]
+    (["run", "-b", "tracepoint[flavour=tp"], "unbalanced brackets"),
+    (["run", "-b", "tracepoint[flavour=tp]]"], "unbalanced brackets"),
+    (["run", "-b", "tracepoint[]"], "expected name[param=value,...]"),
+    (["run", "-b", "tracepoint[flavour]"], "malformed parameter 'flavour'"),
+    (["run", "-b", "tracepoint[flavour=nosuch]"], "must be one of tp, raw_tp, tp_btf"),
+    (["run", "-b", "tracepoint[connections=5]"], "tracepoint has no parameter 'connections'"),
+    (["run", "-b", "tracepoint,tracepoint[flavour=raw_tp]"], "a setting already given"),
+    (["run", "-b", "nosuch[mode=stream]"], "unknown backend 'nosuch'"),
 ]
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from harness.errors import UsageError
-from harness.params import Param, parse_assignments, resolve, split_for_plugins
+from harness.params import Param, parse_assignments, parse_setting, resolve, split_for_plugins, split_settings
 
 COUNT = Param("connections", int, 10, "n", minimum=1)
 MODE = Param("mode", str, "stream", "m", choices=("stream", "aggregate"))
@@ -54,3 +54,16 @@ def test_plain_names_go_to_every_declaring_plugin_and_dotted_names_to_one():
 def test_unknown_parameter_names_the_valid_ones():
     with pytest.raises(UsageError, match="valid for this selection: connections"):
         split_for_plugins({"conections": "5"}, {"churn": (COUNT,), "none": ()})
+
+
+def test_backend_settings_split_on_commas_outside_brackets_only():
+    assert split_settings("kprobe, tracepoint[flavour=tp,mode=aggregate],pcap") == [
+        "kprobe", "tracepoint[flavour=tp,mode=aggregate]", "pcap"]
+    assert parse_setting("tracepoint[flavour=tp,mode=aggregate]") == ("tracepoint", {"flavour": "tp", "mode": "aggregate"})
+    assert parse_setting("kprobe") == ("kprobe", {})
+
+
+@pytest.mark.parametrize("bad", ["a[", "a]", "a[[b=1]]", "a,,b", "a[b=1]c"])
+def test_malformed_backend_settings_are_refused(bad):
+    with pytest.raises(UsageError):
+        [parse_setting(item) for item in split_settings(bad)]

@@ -134,3 +134,11 @@ def test_synack_ties_the_event_to_the_counter_counted_beside_it():
 def test_a_drop_rule_never_drops_everything():
     with pytest.raises(ValueError):
         DropRule(None, "INPUT", [], 1, "x")
+
+
+def test_one_backend_in_several_settings_is_one_cell_each_with_its_own_parameters_over_the_shared_ones():
+    cells = plan(["churn"], ["tracepoint[flavour=tp]", "tracepoint", "tracepoint[flavour=tp_btf,mode=stream]"],
+                 {"mode": "aggregate", "connections": "50"})
+    assert [c.label for c in cells] == ["churn/tracepoint[mode=aggregate,flavour=tp]",
+                                        "churn/tracepoint[mode=aggregate]", "churn/tracepoint[flavour=tp_btf]"]
+    assert all(c.workload_params["connections"] == 50 for c in cells)
