@@ -22,6 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "  tpbench run -b none -w churn -p connections=20000,concurrency=4 -n 5 -o /tmp/results\n"
         "  tpbench run -b 'tracepoint[flavour=tp],tracepoint[flavour=raw_tp],tracepoint[flavour=tp_btf]' \\\n"
         "      -w churn -p connections=2000,mode=aggregate     one backend in three settings, side by side\n"
+        "  tpbench run -b kprobe,fentry,tracepoint --record-unavailable -w churn   the same line on any kernel\n"
         "parameters: `-p name=value` goes to every selected workload/backend declaring `name`;\n"
         "`-p backend.name=value` to one only; `-b 'backend[name=value,...]'` to that setting only\n"
         "(quote the brackets from the shell). `tpbench list` shows them all.",
@@ -33,13 +34,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                      help="comma list of workloads (default: churn)")
     run.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                      help="a parameter, repeatable or comma-separated")
+    run.add_argument("--record-unavailable", action="store_true",
+                     help="record a backend this kernel cannot run as unavailable, with the probe's reason, "
+                          "instead of refusing the run (one command line for a kernel matrix)")
     add_run_options(run, trials_default=1)
     run.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    """Run `tpbench run` (strict: a backend this kernel cannot run is an error)."""
-    return cmd_run(args, args.workload, args.backend, strict=True)
+    """Run `tpbench run` (strict: a backend this kernel cannot run is an error, unless
+    --record-unavailable records it as such)."""
+    return cmd_run(args, args.workload, args.backend, strict=not args.record_unavailable)
 
 
 def cmd_run(args: argparse.Namespace, workloads: list[str], backends: list[str], strict: bool) -> int:

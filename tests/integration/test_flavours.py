@@ -123,3 +123,27 @@ def test_check_needs_a_flavour_that_reads_fields_itself(tmp_path):
     result = tpbench("run", "-b", "tracepoint", "-w", "churn", "-p", "flavour=tp,check=true", "-o", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("tpbench: error: tracepoint: check=true compares")
+
+
+def test_one_run_holds_every_flavour_side_by_side_each_with_its_own_programs(tmp_path):
+    """-b 'tracepoint[flavour=...],...': one cell per flavour on the same workload, each loading
+    its own program type; a flavour this kernel refuses is recorded with the probe's reason."""
+    caps = _probe()
+    settings = ",".join(f"tracepoint[flavour={f}]" for f in ("tp", "raw_tp", "tp_btf"))
+    result = tpbench("run", "-b", settings, "--record-unavailable", "-w", "churn", "-p",
+                     "connections=100,mode=aggregate", "--json", "-q", "-o", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    cells = json.loads(result.stdout)["cells"]
+    assert [c["label"] for c in cells] == ["churn/tracepoint[mode=aggregate,flavour=tp]",
+                                           "churn/tracepoint[mode=aggregate]",  # raw_tp, the default
+                                           "churn/tracepoint[mode=aggregate,flavour=tp_btf]"]
+    prefixes = {"tp": ("tracepoint__",), "raw_tp": ("rawtp__", "rawtp_rescue__"), "tp_btf": ("tpbtf__", "tpbtf_rescue__")}
+    for cell in cells:
+        flavour = cell["params"]["backend"]["flavour"]
+        assert cell["available"] == caps[f"flavour:{flavour}"]["available"], cell["availability"]
+        if not cell["available"]:
+            continue
+        [trial] = cell["trials"]
+        assert trial["status"] == "ok" and trial["observed"]["details"]["flavour"] == flavour
+        programs = trial["observed"]["details"]["bpf_stats"]["programs"]
+        assert programs and all(name.startswith(prefixes[flavour]) for name in programs), sorted(programs)

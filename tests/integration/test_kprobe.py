@@ -65,3 +65,20 @@ def test_run_refuses_kprobe_with_the_kernels_reason_or_runs_it(kernel, tmp_path)
     for side in ("client", "server"):
         assert trial["observed"]["sides"][side]["transitions"] == expected[side]["transitions"]
     assert trial["observed"]["details"]["fidelity"]["errors"] == []
+
+
+def test_record_unavailable_runs_what_this_kernel_can_and_records_the_rest_with_its_reason(kernel, tmp_path):
+    """One command line for a kernel matrix: the same backends on every kernel, each cell either
+    measured or recorded as unavailable with the probe's reason (never silently dropped)."""
+    result = tpbench("run", "-b", "kprobe,fentry,tracepoint", "--record-unavailable", "-w", "churn",
+                     "-p", "connections=50,mode=aggregate", "--json", "-q", "-o", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    cells = {c["backend"]: c for c in json.loads(result.stdout)["cells"]}
+    assert set(cells) == {"kprobe", "fentry", "tracepoint"}
+    for name, cell in cells.items():
+        found = get_backend(name).availability(kernel, cell["params"]["backend"])
+        assert cell["available"] == found.available, (name, cell["availability"])
+        if found.available:
+            assert [t["status"] for t in cell["trials"]] == ["ok"], name
+        else:
+            assert cell["availability"] == found.reason and cell["trials"] == [], name
