@@ -288,6 +288,17 @@ def _in_kernel_section(analysis: dict[str, Any]) -> list[str]:
     return out
 
 
+def _against_loss(check: dict[str, Any]) -> str:
+    """' (6 short, 0 extra: within the counted loss 6 / 0)', or why it cannot be held to one."""
+    if "lost" not in check:  # an analysis from before the cross-check weighed losses
+        return ""
+    gaps = f" ({check['events_short']} short, {check['events_extra']} extra: "
+    if check["within_counted_loss"] is None:
+        return gaps + "loss not countable on this kernel)"
+    return gaps + (f"{'within' if check['within_counted_loss'] else 'BEYOND'} the counted loss "
+                   f"{' / '.join(str(check['lost'][b]) for b in check['backends'])})")
+
+
 def _cross_check_section(analysis: dict[str, Any]) -> list[str]:
     checks = analysis.get("cross_check") or []
     if not checks:
@@ -297,7 +308,7 @@ def _cross_check_section(analysis: dict[str, Any]) -> list[str]:
            "two runs of the same declared traffic): transitions per side, and the declared events of every kind "
            "both attached for; and the in-kernel ns per event (bpf_stats, witness programs apart).", ""]
     rows = [[c["workload"], " vs ".join(c["backends"]), str(c["trials_compared"]),
-             "equal" if c["counts_equal"] else f"{len(c['differences'])} differ",
+             "equal" if c["counts_equal"] else f"{len(c['differences'])} differ" + _against_loss(c),
              " / ".join(fmt(c["ns_per_event"].get(b)) for b in c["backends"]),
              "-" if c["ns_per_event_ratio"] is None else f"{c['ns_per_event_ratio']:.2f}x"] for c in checks]
     out += md_table(["workload", "backends", "trials", "counts", "ns/event", "ratio"], rows) + [""]

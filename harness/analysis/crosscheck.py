@@ -27,8 +27,15 @@ def cross_check(record: dict[str, Any]) -> list[dict[str, Any]]:
             pairs = [(a, b) for a in probe_cell["trials"] for b in tp_cell["trials"]
                      if a.get("index") == b.get("index") and a["status"] == b["status"] == "ok"]
             differences: list[str] = []
+            gaps = {"short": 0, "extra": 0, "probe_lost": 0, "tracepoint_lost": 0}
             for probe_trial, tp_trial in pairs:
-                differences += _differences(probe_cell["backend"], probe_trial, tp_trial)
+                found, short, extra = _differences(probe_cell["backend"], probe_trial, tp_trial)
+                differences += found
+                gaps["short"] += short
+                gaps["extra"] += extra
+                for key, trial in (("probe_lost", probe_trial), ("tracepoint_lost", tp_trial)):
+                    lost = trial["observed"].get("lost")
+                    gaps[key] = None if lost is None or gaps[key] is None else gaps[key] + lost
             # named by setting: one run may hold the tracepoint in several flavours
             names = [cell.get("setting", cell["backend"]) for cell in (probe_cell, tp_cell)]
             cost = {name: _ns_per_event(cell) for name, cell in zip(names, (probe_cell, tp_cell))}
@@ -39,18 +46,28 @@ def cross_check(record: dict[str, Any]) -> list[dict[str, Any]]:
                 "trials_compared": len(pairs),
                 "counts_equal": bool(pairs) and not differences,
                 "differences": differences,
+                # events one saw and the other did not, against what each counted as lost: a
+                # difference within the counted loss is accounted for, beyond it (or where a
+                # kernel cannot count, null) it is not
+                "events_short": gaps["short"], "events_extra": gaps["extra"],
+                "lost": {names[0]: gaps["probe_lost"], names[1]: gaps["tracepoint_lost"]},
+                "within_counted_loss": (None if not differences or None in (gaps["probe_lost"], gaps["tracepoint_lost"])
+                                        else gaps["short"] <= gaps["probe_lost"]
+                                        and gaps["extra"] <= gaps["tracepoint_lost"]),
                 "ns_per_event": cost,
                 "ns_per_event_ratio": ratio,
             })
     return results
 
 
-def _differences(backend: str, probe_trial: dict[str, Any], tp_trial: dict[str, Any]) -> list[str]:
+def _differences(backend: str, probe_trial: dict[str, Any], tp_trial: dict[str, Any]) -> tuple[list[str], int, int]:
+    """What differs, as sentences; and the events (not transitions, which state_change sums) the
+    probe saw fewer and more of than the tracepoint."""
     kinds = {TRACEPOINT_KINDS[FUNCTION_HOOKS[h]] for h in probe_trial["observed"]["details"].get("functions", {})}
     tp_kinds = {TRACEPOINT_KINDS[tp] for tp in tp_trial["observed"]["details"].get("hooks_attached", [])
                 if tp in TRACEPOINT_KINDS}
     expected = probe_trial.get("ground_truth", {}).get("expected", {})
-    index, out = probe_trial["index"], []
+    index, out, short, extra = probe_trial["index"], [], 0, 0
     for side in SIDE_NAMES:
         # Two trials are two runs of traffic: only what the workload declares exactly is the same in
         # both. Rare events (a port reused against TIME_WAIT: one RST, one SYN retransmit) differ by
@@ -68,7 +85,8 @@ def _differences(backend: str, probe_trial: dict[str, Any], tp_trial: dict[str, 
             a, b = mine["events"].get(kind, 0), theirs["events"].get(kind, 0)
             if a != b:
                 out.append(f"trial {index} {side} {kind}: {backend} {a}, tracepoint {b}")
-    return out
+                short, extra = short + max(0, b - a), extra + max(0, a - b)
+    return out, short, extra
 
 
 def _ns_per_event(cell: dict[str, Any]) -> float | None:

@@ -159,6 +159,17 @@ def test_cross_check_compares_per_side_transitions_and_cost():
     assert "client CLOSE->SYN_SENT: kprobe 199, tracepoint 200" in check["differences"][0]
 
 
+@pytest.mark.parametrize("probe_lost, tp_lost, within", [(1, 0, True), (0, 0, False), (None, 0, None)])
+def test_cross_check_holds_a_shortfall_to_the_loss_each_side_counted(probe_lost, tp_lost, within):
+    tracepoint = _cell("tracepoint", {"client": {"CLOSE->SYN_SENT": 200}}, 1, 1, hooks=("sock:inet_sock_set_state",))
+    short = _cell("kprobe", {"client": {"CLOSE->SYN_SENT": 199}}, 1, 1, functions={"state": "tcp_set_state"})
+    short["trials"][0]["observed"]["lost"], tracepoint["trials"][0]["observed"]["lost"] = probe_lost, tp_lost
+    short["trials"][0]["ground_truth"] = {"expected": {"client": {"events": {"state_change": 200}}}}
+    [check] = cross_check({"cells": [short, tracepoint]})
+    assert (check["events_short"], check["events_extra"]) == (1, 0)  # one state change, not also its transition
+    assert check["within_counted_loss"] is within
+
+
 def test_shared_bpf_code_is_pasted_into_the_program_bcc_compiles():
     # bcc rewrites map calls only in its main file: an #include of the shared header would fail
     source = bpf_source(Path("harness/backends/kprobe.bpf.c").resolve())
