@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.host import BLIND_CONNECTIONS, HiddenTails
+
 pytestmark = pytest.mark.root
 
 
@@ -50,9 +52,12 @@ def test_fidelity_equals_the_kernels_counters_where_the_workload_declares_equali
         counted = sum(t["ground_truth"]["nstat"][side]["TcpOutRsts"] for t in trials)
         check = next(c for c in cell["kernel_checks"] if c["side"] == side and c["counter"] == "TcpOutRsts")
         assert check["counted"] == counted == 3 * 1000  # the workload's own declaration, per side
-        assert check["seen"] == counted, check
+        # seen all, but for the few RSTs this host can hide from BPF in each of the 3 trials
+        # (tests/host.py; a refused connect's RST is sent in softirq)
+        HiddenTails(connections=3 * BLIND_CONNECTIONS).check(check["seen"], counted, 0, check)
         row = next(r for r in cell["rows"] if r["side"] == side and r["name"] == "reset_sent")
-        assert (row["expected"], row["seen"], row["missing"], row["extra"]) == (counted, counted, 0, 0)
+        assert (row["expected"], row["seen"], row["extra"]) == (counted, check["seen"], 0), row
+        assert row["missing"] + row["lost"] == counted - check["seen"], row  # the report says what is short
 
 
 def test_report_rebuilds_identically_from_run_json(run_dir: Path):
