@@ -51,15 +51,15 @@ from typing import Any
 
 from netns import Host, Topology
 
-from ..decoders.pcap_infer import (ASSUMPTIONS, INVISIBLE, INVISIBLE_STATE_FILTER, MIN_SNAPLEN, FlowTracker,
-                                 decode_ethernet, realtime_to_monotonic)
+from ..decoders.pcap_file import PcapFileError, read_capture_file
+from ..decoders.pcap_infer import ASSUMPTIONS, INVISIBLE, INVISIBLE_STATE_FILTER, MIN_SNAPLEN
 from ..errors import UsageError
 from ..kernel import KernelProbe
 from ..params import Param
 from .. import cbuild
 from ..system import die_with_runner
 from .processes import DeferredCpu, kill, process_cpu_s, read_line, reap
-from ..tcp import EVENT_KINDS, FLOW_SAMPLE, SIDES
+from ..tcp import EVENT_KINDS, SIDES
 from .base import Availability, Backend, Observation
 
 FILTERS = {
@@ -356,7 +356,10 @@ class _TcpdumpCapture:
                     counts[match.group(2)] = int(match.group(1))
             file_bytes = self.path.stat().st_size
             started, started_cpu = time.perf_counter(), time.thread_time()
-            result = read_capture_file(self.path, self.config["sides"])
+            try:
+                result = read_capture_file(self.path, self.config["sides"])
+            except PcapFileError as exc:
+                raise CaptureError(str(exc)) from None
             parse_s, parse_cpu_s = time.perf_counter() - started, time.thread_time() - started_cpu
         finally:
             self.close()
@@ -395,44 +398,6 @@ def _tcpdump_version() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "tcpdump"
     return "; ".join(out.splitlines()[:2])
-
-
-def read_capture_file(path: Path, sides: dict[str, str]) -> dict[str, Any]:
-    """A pcap file through dpkt's record format, inferred exactly as the Python agent infers."""
-    import dpkt
-
-    to_monotonic = realtime_to_monotonic()
-    counts = {"captured": 0, "wire_bytes": 0, "not_tcp": 0, "truncated": 0}
-    with open(path, "rb") as f:
-        file_header = dpkt.pcap.FileHdr(f.read(dpkt.pcap.FileHdr.__hdr_len__))
-        magic = file_header.magic
-        if magic in (dpkt.pcap.PMUDPCT_MAGIC, dpkt.pcap.PMUDPCT_MAGIC_NANO):
-            file_header = dpkt.pcap.LEFileHdr(bytes(file_header))
-        if magic not in dpkt.pcap.MAGIC_TO_PKT_HDR:
-            raise CaptureError(f"{path}: not a pcap file (magic {magic:#x})")
-        if file_header.linktype != dpkt.pcap.DLT_EN10MB:
-            raise CaptureError(f"{path}: link type {file_header.linktype} is not Ethernet")
-        record = dpkt.pcap.MAGIC_TO_PKT_HDR[magic]
-        size = record.__hdr_len__
-        unit = 1 if magic in (dpkt.pcap.TCPDUMP_MAGIC_NANO, dpkt.pcap.PMUDPCT_MAGIC_NANO) else 1000
-        tracker = FlowTracker(sides, flow_sample=FLOW_SAMPLE,
-                              timestamp=lambda header: to_monotonic(header.tv_sec, header.tv_usec, unit))
-        while True:
-            raw = f.read(size)
-            if len(raw) < size:
-                break
-            header = record(raw)
-            data = f.read(header.caplen)
-            counts["captured"] += 1
-            counts["wire_bytes"] += header.len
-            segment = decode_ethernet(data, header.len)
-            if isinstance(segment, str):
-                counts[segment] += 1
-            else:
-                tracker.feed(segment, header)
-    result = tracker.result()
-    result["packets"].update(counts)
-    return result
 
 
 class PcapBackend(Backend):

@@ -10,7 +10,8 @@ from scapy.utils import wrpcap
 from harness.decoders.pcap_infer import INVISIBLE_STATE_FILTER, MIN_SNAPLEN
 from harness.backends import BACKENDS
 from harness.tcp import EVENT_KINDS
-from harness.backends.pcap import FILTERS, VISIBLE_KINDS, CaptureError, observation_from, read_capture_file
+from harness.backends.pcap import FILTERS, VISIBLE_KINDS, observation_from
+from harness.decoders.pcap_file import PcapFileError, read_capture_file
 from harness.errors import UsageError
 from harness.params import resolve
 
@@ -73,7 +74,7 @@ def test_the_tcpdump_consumers_reader_infers_from_a_pcap_file(tmp_path):
 def test_a_file_that_is_not_pcap_is_refused(tmp_path):
     path = tmp_path / "capture.pcap"
     path.write_bytes(b"\0" * 64)
-    with pytest.raises(CaptureError, match="not a pcap file"):
+    with pytest.raises(PcapFileError, match="not a pcap file"):
         read_capture_file(path, SIDES)
 
 
