@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..tcp import FUNCTION_HOOKS, SIDE_NAMES, TRACEPOINT_KINDS
+from .stats import setting_label
 
 PROBE_BACKENDS = ("kprobe", "fentry")
 
@@ -37,7 +38,7 @@ def cross_check(record: dict[str, Any]) -> list[dict[str, Any]]:
                     lost = trial["observed"].get("lost")
                     gaps[key] = None if lost is None or gaps[key] is None else gaps[key] + lost
             # named by setting: one run may hold the tracepoint in several flavours
-            names = [cell.get("setting", cell["backend"]) for cell in (probe_cell, tp_cell)]
+            names = [setting_label(cell) for cell in (probe_cell, tp_cell)]
             cost = {name: _ns_per_event(cell) for name, cell in zip(names, (probe_cell, tp_cell))}
             ratio = (round(cost[names[0]] / cost[names[1]], 2) if cost[names[0]] and cost[names[1]] else None)
             results.append({
