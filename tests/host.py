@@ -38,7 +38,8 @@ class HiddenTails:
 
     def check(self, got: int, declared: int, counted: int = 0, what: object = "", per_tail: int = 1) -> None:
         """declared - counted - the host's hidden tails <= got <= declared; per_tail is how many
-        of this count one hidden tail can hold (1 for one transition, 3 for a side's events)."""
+        of this count one hidden tail can hold (1 for a transition or a destroy, 2 for the state
+        changes of one server tail)."""
         assert got <= declared, (what, got, declared)
         hidden = max(0, declared - counted - got)
         assert hidden <= self.connections * per_tail, (what, got, declared, counted)
