@@ -19,7 +19,9 @@ anything is measured (after the run lock is held, so nothing found can be a live
   share over a short sample, and the CPU frequency governor where the guest shows one.
 
 Foreign observers and a busy host are refused unless the user says to measure anyway; then the
-record, every cell and the report's first screen carry the warnings.
+record, every cell and the report's first screen carry the warnings. The report renders them from
+run.json's `preflight` (what check() returns) with report_format.preflight_summary: it never
+imports this module.
 """
 
 from __future__ import annotations
@@ -332,16 +334,4 @@ def enforce(found: dict[str, Any], measure_anyway: bool) -> None:
     if found["warnings"] and not measure_anyway:
         raise UsageError(f"this host is not fit to measure: {'; '.join(found['warnings'])} "
                          "(--measure-anyway measures all the same and marks every result)")
-
-
-def summary(found: dict[str, Any] | None) -> str:
-    """One line for the report's first screen."""
-    if not found:
-        return "preflight: not recorded"
-    cpu = found["cpu"]
-    head = (f"preflight: background CPU {100 * cpu['busy_share']:.1f}% busy, {100 * cpu['steal_share']:.1f}% "
-            f"steal over {cpu['seconds']:.1f} s")
-    if found["warnings"]:
-        return f"{head}; MEASURED ON A DIRTY HOST: {'; '.join(found['warnings'])}"
-    return f"{head}; no foreign tracer, capture or leftover found"
 

@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import preflight
 from .analysis import headline
 from .analysis.full import full_analysis
 from .analysis.answers import tracepoint_vs_pcap
@@ -24,7 +23,7 @@ from .analysis.benchjson import benchmark_json
 from .errors import UsageError
 from .analysis.fidelity import fidelity
 from .record import SCHEMA_VERSION, write_json_atomic
-from .report_format import (crossover_sentence, fidelity_summary, fmt, md_table, pct_ci,
+from .report_format import (crossover_sentence, fidelity_summary, fmt, md_table, pct_ci, preflight_summary,
                              toggle_lines)
 from .report_md import render_markdown
 
@@ -80,7 +79,7 @@ def print_verdict(run: dict[str, Any], analysis: dict[str, Any], out: TextIO) ->
     """The terminal verdict: the preflight, the toggled headline, each cell's rate, CPU, overhead and fidelity,
     each workload's answer and the sweeps."""
     if "preflight" in run:  # older records have none
-        print(preflight.summary(run["preflight"]), file=out)
+        print(preflight_summary(run["preflight"]), file=out)
     if analysis.get("toggle", {}).get("groups"):
         print(f"run {run['run_id']} ({run['status']}), kernel {run['kernel']['release']}: "
               "do tracepoints beat libpcap here?", file=out)

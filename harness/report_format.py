@@ -1,5 +1,6 @@
 """Text shared by the terminal verdict, `tpbench compare` and report.md: number, CI and table formatting,
-the one-line fidelity summary, the toggled measurement's lines and the sweep crossover sentence.
+the preflight's and fidelity's one-line summaries, the toggled measurement's lines and the sweep crossover
+sentence.
 """
 
 from __future__ import annotations
@@ -22,6 +23,19 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 def fmt(value: float | None, digits: int = 1) -> str:
     """A number with thousands separators and `digits` decimals; None as "-"."""
     return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def preflight_summary(found: dict[str, Any] | None) -> str:
+    """The preflight's findings as run.json records them (`preflight`, harness/preflight.py's check()) in one
+    line, for the report's first screen."""
+    if not found:
+        return "preflight: not recorded"
+    cpu = found["cpu"]
+    head = (f"preflight: background CPU {100 * cpu['busy_share']:.1f}% busy, {100 * cpu['steal_share']:.1f}% "
+            f"steal over {cpu['seconds']:.1f} s")
+    if found["warnings"]:
+        return f"{head}; MEASURED ON A DIRTY HOST: {'; '.join(found['warnings'])}"
+    return f"{head}; no foreign tracer, capture or leftover found"
 
 
 def fidelity_summary(cell_fid: dict[str, Any] | None) -> str:

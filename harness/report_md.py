@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import preflight, tcp
+from . import tcp
 from .analysis import flowmatch, headline
 from .analysis.fidelity import row_status
 from .analysis.answers import signed
 from .analysis.stats import BASELINE, decided as is_decided
-from .report_format import crossover_sentence, fidelity_summary, fmt, md_table, pct_ci, pp_ci, toggle_lines
+from .report_format import (crossover_sentence, fidelity_summary, fmt, md_table, pct_ci, pp_ci, preflight_summary,
+                             toggle_lines)
 
 
 def _lost_text(cell: dict[str, Any]) -> str:
@@ -98,8 +99,8 @@ def _header(run: dict[str, Any], analysis: dict[str, Any]) -> list[str]:
         f"- **command**: `{' '.join(run.get('command_line') or [])}`",
     ]
     if "preflight" in run:
-        lines.insert(0, f"- **{preflight.summary(run['preflight'])}**" if run["preflight"].get("warnings")
-                     else f"- {preflight.summary(run['preflight'])}")
+        lines.insert(0, f"- **{preflight_summary(run['preflight'])}**" if run["preflight"].get("warnings")
+                     else f"- {preflight_summary(run['preflight'])}")
     if run.get("vm"):
         vm = run["vm"]
         lines.append(f"- **VM**: kernel {vm.get('release')}, "

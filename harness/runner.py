@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 from netns import Topology
 
 from . import counters, preflight, tcp
-from .analysis import flowmatch
+from .flows import flow_sample, scored_from_hooks
 from .backends import Backend, get_backend
 from .errors import Interrupted, UsageError
 from .headers import find_headers
@@ -176,9 +176,9 @@ def run_trial(cell: Cell, run_id: str) -> dict[str, Any]:
         trial["foreign_share"] = round(foreign / (truth.duration_s * trial["cpu_count"]), 4)
     if truth.flows is not None and flow_events is not None:
         scored = sorted(flow_events.get("scored") or
-                        flowmatch.scored_from_hooks(observation.details.get("hooks_attached", [])))
+                        scored_from_hooks(observation.details.get("hooks_attached", [])))
         if scored:
-            trial["flow_sample"] = flowmatch.flow_sample(truth.flows, {**flow_events, "scored": scored})
+            trial["flow_sample"] = flow_sample(truth.flows, {**flow_events, "scored": scored})
     return trial
 
 

@@ -63,7 +63,8 @@ echo "$(pwd)/.venv/bcc-only" > "$site/tpbench-bcc-only.pth"
 .venv/bin/python -m harness.cbuild
 
 .venv/bin/python - <<'PY'
-import bcc, pyroute2, scapy, pytest
+import bcc, pyroute2
 import pcapy, dpkt  # the pcap backend: pcapy-ng's wheel bundles libpcap, no libpcap-dev
+import scapy, pytest  # the tests' ('.[test]'): scapy is their independent decoder, never the harness's
 print("setup: .venv ready (bcc %s from %s)" % (getattr(bcc, "__version__", "?"), bcc.__path__[0]))
 PY

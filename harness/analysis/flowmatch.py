@@ -21,38 +21,22 @@ per-connection transitions and one sock_destroy):
 Events on a sampled port before its first flow began, or on a port the workload never used, are
 `unmatched` (a wrong port, or traffic that is not the workload's). Retransmits, resets and
 tcp_probe are not scored: their number per connection is not declared.
+
+The sample as the run keeps it (the truth, the event record, the packing in run.json) is
+harness/flows.py's: the run writes it without importing this module, which only reads it.
 """
 
 from __future__ import annotations
 
 import bisect
-import struct
 from collections import Counter
 from typing import Any, Iterable
 
-from ..tcp import FLOW_SAMPLE, KIND_NAMES, KIND_SOCK_DESTROY, KIND_STATE_CHANGE, SIDES, transition
+from ..flows import SCORED, unpack
+from ..tcp import KIND_NAMES, KIND_SOCK_DESTROY, KIND_STATE_CHANGE, SIDES, transition
 
-# ts_ns, sk, kind, side, old, new, sport, dport of tcp_events.bpf.h's 56-byte record
-_RECORD = struct.Struct("<QQ4xBBBB8xHH")
 OUTCOMES = ("exact", "missing", "duplicated", "unexpected", "out_of_order", "unseen")
 EXAMPLES = 3  # flows that are not exact, quoted with their events
-
-
-def truth_flows(sample: int, flows: list[list[int]], overflow: int,
-                per_connection: dict[str, dict[str, int]]) -> dict[str, Any]:
-    """The workload's side: sampled flows [port, start_ns] and one connection's transitions per side."""
-    return {"sample": sample, "flows": flows, "overflow": overflow, "per_connection": per_connection}
-
-
-def sample_record(raw: bytes, offset: int = 0) -> list[int] | None:
-    """One raw event record -> [ts, side, kind, old, new, port] if its flow is sampled, as the C
-    consumer decides (used for the few events still staged per CPU at detach). A port not yet
-    chosen or already cleared (port 0) is not recovered here: the C consumer's socket map is."""
-    ts, _, kind, side, old, new, sport, dport = _RECORD.unpack_from(raw, offset)
-    port = sport if side == 0 else dport if side == 1 else 0
-    if port == 0 or port % FLOW_SAMPLE:
-        return None
-    return [ts, side, kind, old, new, port]
 
 
 def _score(events: list[tuple[int, int, int, int]], declared: dict[str, int],
@@ -88,21 +72,10 @@ def _score(events: list[tuple[int, int, int, int]], declared: dict[str, int],
     return outcomes
 
 
-SCORED = frozenset({"transitions", "sock_destroy"})
-# hook (tracepoint, or the kprobe/fentry backend's function) -> what it lets a flow be scored on
-_HOOK_SCORES = {"inet_sock_set_state": "transitions", "tcp_set_state": "transitions",
-                "tcp_destroy_sock": "sock_destroy", "tcp_v4_destroy_sock": "sock_destroy"}
-
-
-def scored_from_hooks(hooks: Iterable[str]) -> frozenset[str]:
-    """"sock:inet_sock_set_state", "kprobe:tcp_set_state" ... -> what the observer can be scored on."""
-    return frozenset(_HOOK_SCORES[h.rsplit(":", 1)[-1]] for h in hooks if h.rsplit(":", 1)[-1] in _HOOK_SCORES)
-
-
 def match(truth: dict[str, Any], events: Iterable[list[int]], overflow: int = 0,
           scored: frozenset[str] = SCORED, invisible: Iterable[str] = (),
           tolerance_ns: int = 0) -> dict[str, Any]:
-    """truth: truth_flows(); events: [ts_ns, side, kind, old, new, port] as the consumer kept them;
+    """truth: flows.truth_flows(); events: [ts_ns, side, kind, old, new, port] as the consumer kept them;
     scored: what the observer hooked of "transitions" and "sock_destroy" (the rest is not its fault);
     invisible: transitions the observer declares it cannot see (not scored either); tolerance_ns:
     how far before its flow's connect() an event's clock may put it (packet times: microseconds)."""
@@ -152,33 +125,13 @@ def match(truth: dict[str, Any], events: Iterable[list[int]], overflow: int = 0,
     return result
 
 
-def flow_sample(truth: dict[str, Any], observed: dict[str, Any]) -> dict[str, Any]:
-    """What a trial's record keeps for per-flow matching, raw: the workload's sampled flows
-    (truth_flows()) and the observer's sampled events with what qualifies them (overflow, scored,
-    invisible, clock_tolerance_ns, sk_overflow). Bounded: both sides keep fixed tables (FLOW_SLOTS
-    per churn worker, FLOW_EVENTS in the consumers) and count their overflow. Each flow and event is
-    one string of its numbers ("ts side kind old new port"): one line of run.json, not eight."""
-    keep = ("overflow", "scored", "invisible", "clock_tolerance_ns", "sk_overflow")
-    return {"truth": {**truth, "flows": [_pack(f) for f in truth["flows"]]},
-            "observed": {"events": [_pack(e) for e in observed["events"]],
-                         **{k: observed[k] for k in keep if k in observed}}}
-
-
-def _pack(numbers: Iterable[int]) -> str:
-    return " ".join(map(str, numbers))
-
-
-def _unpack(text: str) -> list[int]:
-    return [int(n) for n in text.split()]
-
-
 def trial_flows(trial: dict[str, Any]) -> dict[str, Any] | None:
-    """A trial's per-flow result, matched from its raw flow_sample (records before 2026-12-05
-    stored only the result, as "flows")."""
+    """A trial's per-flow result, matched from its raw flow_sample (harness/flows.py's flow_sample();
+    records before 2026-12-05 stored only the result, as "flows")."""
     if "flow_sample" not in trial:
         return trial.get("flows")
     truth, seen = trial["flow_sample"]["truth"], trial["flow_sample"]["observed"]
-    result = match({**truth, "flows": [_unpack(f) for f in truth["flows"]]}, [_unpack(e) for e in seen["events"]],
+    result = match({**truth, "flows": [unpack(f) for f in truth["flows"]]}, [unpack(e) for e in seen["events"]],
                    seen.get("overflow", 0), frozenset(seen["scored"]), seen.get("invisible", ()),
                    seen.get("clock_tolerance_ns", 0))
     result["sk_overflow"] = seen.get("sk_overflow", 0)  # socket-address table full

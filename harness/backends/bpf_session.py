@@ -24,7 +24,7 @@ from typing import Any
 
 from netns import Topology
 
-from ..analysis import flowmatch
+from ..flows import sample_record
 from ..tcp import EVENT_KINDS, NSTATES, SIDE_NAMES, transition
 from ..kernel import probe_ringbuf
 from ..system import sysctl_set
@@ -272,7 +272,7 @@ class Session:
         for raw in records:
             key = raw[16:24] + raw[40:56]
             count_key(consumed["counts"], consumed["attribution"], key, 1)
-            if "flow_events" in consumed and (sampled := flowmatch.sample_record(raw)):
+            if "flow_events" in consumed and (sampled := sample_record(raw)):
                 consumed["flow_events"]["events"].append(sampled)
 
     def percpu_sums(self, name: str, entries: int) -> list[int]:

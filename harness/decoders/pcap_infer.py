@@ -88,7 +88,8 @@ ASSUMPTIONS = (
 )
 
 
-# Per-flow sampling (harness/analysis/flowmatch.py): sides and states as the BPF record numbers them.
+# Per-flow sampling (harness/flows.py, matched in harness/analysis/flowmatch.py): sides and states as the
+# BPF record numbers them.
 SAMPLED_SIDES = {side: number for number, side in enumerate(SIDES)}
 MAX_FLOW_EVENTS = 65536
 

@@ -107,7 +107,7 @@ class GroundTruth:
     pids: dict[str, list[int]] = field(default_factory=dict)  # role -> pids that made the traffic
     latency: dict[str, Any] | None = None  # per-operation latency summary
     cpu_ticks: dict[str, dict[str, int]] | None = None  # /proc/stat around the loop: before, after
-    flows: dict[str, Any] | None = None  # sampled per-flow ground truth (harness/analysis/flowmatch.py)
+    flows: dict[str, Any] | None = None  # sampled per-flow ground truth (harness/flows.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

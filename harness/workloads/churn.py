@@ -27,7 +27,7 @@ from .base import (
     scaled,
     side_expectation,
 )
-from ..analysis import flowmatch
+from ..flows import truth_flows
 from .native import agent_binary
 
 PORT = 7000
@@ -187,7 +187,7 @@ class Churn(Workload):
             },
             latency=latency_summary({int(k): v for k, v in client_result["latency_log2_ns"].items()}),
             cpu_ticks=client_result["cpu_ticks"],
-            flows=(flowmatch.truth_flows(client_result["flow_sample"], client_result["flows"],
-                                         client_result["flows_overflow"], connection_transitions(closer))
+            flows=(truth_flows(client_result["flow_sample"], client_result["flows"],
+                               client_result["flows_overflow"], connection_transitions(closer))
                    if "flows" in client_result else None),
         )

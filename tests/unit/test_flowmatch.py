@@ -1,7 +1,9 @@
-"""Per-flow matching on synthetic events: every outcome, port reuse split by time, what is scored."""
+"""Per-flow matching on synthetic events: every outcome, port reuse split by time, what is scored; the flow
+sample as the run keeps it (harness/flows.py) and as the analysis reads it back."""
 
 import struct
 
+from harness import flows
 from harness.analysis import flowmatch
 from harness.workloads.base import connection_transitions
 
@@ -30,8 +32,8 @@ def connection(port, start, skip=(), twice=()):
     return events
 
 
-def truth(*flows):
-    return flowmatch.truth_flows(64, [list(f) for f in flows], 0, connection_transitions("server"))
+def truth(*started):
+    return flows.truth_flows(64, [list(f) for f in started], 0, connection_transitions("server"))
 
 
 def test_whole_connections_are_exact_and_extra_kinds_are_not_scored():
@@ -75,8 +77,8 @@ def test_events_before_any_flow_or_on_unknown_ports_are_unmatched():
 def test_only_what_the_observer_hooked_is_scored():
     events = [e for e in connection(64, 1000) if e[2] != DESTROY]
     assert flowmatch.match(truth((64, 1000)), events)["sides"]["client"]["missing"] == 1
-    assert flowmatch.scored_from_hooks(["sock:inet_sock_set_state"]) == {"transitions"}
-    assert flowmatch.scored_from_hooks(["kprobe:tcp_set_state", "kprobe:tcp_v4_destroy_sock"]) == flowmatch.SCORED
+    assert flows.scored_from_hooks(["sock:inet_sock_set_state"]) == {"transitions"}
+    assert flows.scored_from_hooks(["kprobe:tcp_set_state", "kprobe:tcp_v4_destroy_sock"]) == flows.SCORED
     result = flowmatch.match(truth((64, 1000)), events, scored=frozenset({"transitions"}))
     assert result["sides"]["client"]["exact"] == 1 and result["scored"] == ["transitions"]
 
@@ -85,10 +87,10 @@ def test_raw_records_are_sampled_by_client_port_like_the_c_consumer():
     def record(side, sport, dport):  # tcp_events.bpf.h's 56-byte struct event
         return struct.pack("<QQIBBBBIIHHI16s", 7, 0xffff0001, 1, STATE, side, ESTABLISHED, FIN_WAIT1,
                            0, 0, sport, dport, 0, b"x")
-    assert flowmatch.sample_record(record(0, 128, 7000)) == [7, 0, STATE, ESTABLISHED, FIN_WAIT1, 128]
-    assert flowmatch.sample_record(record(1, 7000, 128)) == [7, 1, STATE, ESTABLISHED, FIN_WAIT1, 128]
-    assert flowmatch.sample_record(record(0, 130, 7000)) is None  # not a sampled port
-    assert flowmatch.sample_record(record(1, 7000, 0)) is None  # the listener
+    assert flows.sample_record(record(0, 128, 7000)) == [7, 0, STATE, ESTABLISHED, FIN_WAIT1, 128]
+    assert flows.sample_record(record(1, 7000, 128)) == [7, 1, STATE, ESTABLISHED, FIN_WAIT1, 128]
+    assert flows.sample_record(record(0, 130, 7000)) is None  # not a sampled port
+    assert flows.sample_record(record(1, 7000, 0)) is None  # the listener
     assert len(record(0, 1, 2)) == 56
 
 
@@ -98,8 +100,8 @@ def test_a_record_keeps_the_raw_sample_and_the_analysis_matches_it():
     events = connection(64, 1000, skip={(0, CLOSE_WAIT, LAST_ACK)}) + connection(128, 2000)
     observed = {"events": events, "overflow": 0, "scored": ["sock_destroy", "transitions"], "sk_overflow": 2,
                 "unrelated": "not kept"}
-    trial = json.loads(json.dumps({"status": "ok", "flow_sample": flowmatch.flow_sample(truth((64, 1000), (128, 2000)),
-                                                                                        observed)}))
+    trial = json.loads(json.dumps({"status": "ok", "flow_sample": flows.flow_sample(truth((64, 1000), (128, 2000)),
+                                                                                    observed)}))
     assert "unrelated" not in trial["flow_sample"]["observed"]
     result = flowmatch.trial_flows(trial)
     assert result == {**flowmatch.match(truth((64, 1000), (128, 2000)), events), "sk_overflow": 2}

@@ -360,6 +360,7 @@ def test_sampled_flows_keep_their_transitions_with_time_and_match_flow_by_flow()
     """Flows whose client port is a multiple of the sample keep each transition with its packet's
     time, as sides and state numbers the BPF record uses; flowmatch then scores them like BPF's."""
     from harness.analysis import flowmatch
+    from harness.flows import truth_flows
     from harness.workloads.base import connection_transitions
 
     times = iter(range(1000, 100000, 10))
@@ -374,7 +375,7 @@ def test_sampled_flows_keep_their_transitions_with_time_and_match_flow_by_flow()
     assert {e[5] for e in flow_events["events"]} == {64 * 600}  # the other flow is not kept
     assert [e[0] for e in flow_events["events"]] == sorted(e[0] for e in flow_events["events"])
     assert len(flow_events["events"]) == 10 and {e[1] for e in flow_events["events"]} == {0, 1}
-    truth = flowmatch.truth_flows(64, [[64 * 600, 999]], 0, connection_transitions("server"))
+    truth = truth_flows(64, [[64 * 600, 999]], 0, connection_transitions("server"))
     result = flowmatch.match(truth, flow_events["events"], scored=frozenset({"transitions"}))
     assert result["sides"]["client"]["exact"] == result["sides"]["server"]["exact"] == 1
     # under the state filter the client's LAST_ACK->CLOSE is invisible: unscored, not missing
