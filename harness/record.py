@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .errors import UsageError
+
 SCHEMA_VERSION = 1
 # The no-observer baseline's backend name, as every record spells it (harness/backends/none.py)
 BASELINE = "none"
@@ -76,6 +78,10 @@ def write_json_atomic(path: Path, data: Any) -> None:
         os.close(dir_fd)
 
 
+class InvalidRecord(RuntimeError):
+    """The runner wrote a run.json that its readers refuse (harness/schema.py): a bug in tpbench."""
+
+
 class RunRecord:
     """The in-memory run.json, saved after every change that matters."""
 
@@ -102,9 +108,24 @@ class RunRecord:
     def save(self) -> None:
         write_json_atomic(self.path, self.data)
 
+    def validate(self) -> None:
+        """Raise schema.RecordError at the first field of the record, as it stands, that `tpbench
+        report` and `tpbench compare` could not read (harness/schema.py, their check on load)."""
+        from .schema import validate_run  # imported here: schema.py reads SCHEMA_VERSION from this module
+
+        validate_run(self.data)
+
     def finish(self, status: str, error: str | None = None) -> None:
+        """Mark the run's end and save it, then hold a complete record to the schema its readers check:
+        a record they would refuse is a tpbench bug, raised as InvalidRecord (after saving: nothing is lost)."""
         self.data["status"] = status
         self.data["finished_at"] = utc_now()
         if error:
             self.data["error"] = error
         self.save()
+        if status != "complete":  # an interrupted or failed run exits as it is: its readers say what is wrong
+            return
+        try:
+            self.validate()
+        except UsageError as exc:  # schema.RecordError
+            raise InvalidRecord(f"{self.path} was saved, but tpbench report would refuse it: {exc}") from None

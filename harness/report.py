@@ -29,7 +29,8 @@ from .report_md import render_markdown
 
 
 def load_run(path: Path) -> dict[str, Any]:
-    """run.json from a run folder (or the file itself), validated enough to analyse."""
+    """run.json from a run folder (or the file itself), checked against harness/schema.py: a malformed
+    record is a UsageError naming its first bad field."""
     path = path / "run.json" if path.is_dir() else path
     try:
         data = json.loads(path.read_text())
@@ -39,10 +40,12 @@ def load_run(path: Path) -> dict[str, Any]:
         raise UsageError(f"cannot read {path}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path} is not valid JSON (line {exc.lineno}): a corrupt or partial record") from None
-    if not isinstance(data, dict) or "cells" not in data or "schema_version" not in data:
-        raise UsageError(f"{path} is not a tpbench run record (no schema_version/cells)")
-    if data["schema_version"] > SCHEMA_VERSION:
-        raise UsageError(f"{path} has schema {data['schema_version']}, newer than this tpbench ({SCHEMA_VERSION})")
+    from .schema import RecordError, validate_run  # shared with the writer (record.RunRecord.finish)
+
+    try:
+        validate_run(data, newest=SCHEMA_VERSION)
+    except RecordError as exc:  # one line naming the first bad field: "run.json: cells[0].params: missing"
+        raise UsageError(f"{path}: {exc}") from None
     return data
 
 

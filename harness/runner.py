@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 from netns import Topology
 
-from . import counters, preflight, tcp
+from . import counters, machine, preflight, tcp
 from .flows import flow_sample, scored_from_hooks
 from .backends import Backend, get_backend
 from .errors import Interrupted, UsageError
@@ -377,6 +377,7 @@ def _meta(kernel_probe: KernelProbe, headers: dict[str, Any], cells: list[Cell],
     return {
         "kernel": {"release": uname.release, "version": uname.version, "machine": uname.machine},
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "executable": sys.executable},
+        "machine": machine.collect(),  # CPU model, MHz, flags, hypervisor, memory, boot id (machine.py)
         "headers": headers,
         "probe": kernel_probe.to_dict(),
         "config": {

@@ -1,9 +1,10 @@
-"""tpbench compare: runs side by side (kernels, dates), written to compare.md."""
+"""tpbench compare: runs side by side (kernels, dates, machines), written to compare.md."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from ..errors import UsageError
 from .common import add_command
@@ -32,7 +33,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if len(args.run_dirs) < 2:
         raise UsageError("compare needs at least two run folders")
     runs = [(str(path), load_run(path)) for path in args.run_dirs]
-    markdown, lines = compare(runs)
+    markdown, lines = with_machines(*compare(runs), [run for _, run in runs])
     target = args.out / "compare.md"
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -42,3 +43,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print("\n".join(lines))
     print(f"\ncompare: {target}")
     return 0
+
+
+def with_machines(markdown: str, lines: list[str], runs: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """compare()'s markdown and terminal lines with the runs' machines side by side (harness/machine.py),
+    after the list of runs: CPU model, CPUs, MHz, hypervisor, memory, boot id."""
+    from ..machine import rows
+    from ..report_format import md_table
+
+    letters = [chr(ord("A") + i) for i in range(len(runs))]
+    table = rows(runs, letters)
+    md = markdown.splitlines()
+    after = max((i + 1 for i, line in enumerate(md) if line.startswith(f"- **{letters[-1]}**:")), default=len(md))
+    md[after:after] = ["", "## Machines", "", *md_table(["", *letters], table)]
+    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
+    terminal = ["\nmachines:"] + ["  " + "  ".join(f"{text:<{w}}" for text, w in zip(row, widths)).rstrip()
+                                   for row in [["", *letters], *table]]
+    return "\n".join(md) + "\n", [*lines[:len(runs)], *terminal, *lines[len(runs):]]

@@ -11,6 +11,7 @@ from harness.analysis.fidelity import fidelity, row_status
 from harness.report import compare, full_analysis, load_run, tracepoint_vs_pcap, write_outputs
 from harness.record import write_json_atomic
 from harness.analysis.visibility import visibility
+from harness.cli.compare import with_machines
 
 TP_LOST = "none expected on a loss-free veth"
 
@@ -228,7 +229,8 @@ def test_compare_sets_two_runs_side_by_side(tmp_path):
     done = subprocess.run([sys.executable, "-m", "harness.cli", "compare", str(tmp_path / "ra"), str(tmp_path / "rb"),
                            "-o", str(tmp_path / "out")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "out" / "compare.md").read_text() == markdown.replace("`a`", f"`{tmp_path / 'ra'}`").replace(
+    expected = with_machines(markdown, lines, [a, b])[0]  # the CLI adds the machines (harness/machine.py)
+    assert (tmp_path / "out" / "compare.md").read_text() == expected.replace("`a`", f"`{tmp_path / 'ra'}`").replace(
         "`b`", f"`{tmp_path / 'rb'}`")
 
 
