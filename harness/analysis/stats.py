@@ -22,9 +22,6 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-import numpy as np
-from scipy import stats as scipy_stats
-
 from ..record import BASELINE
 
 CONFIDENCE = 0.95
@@ -96,6 +93,9 @@ def estimate(samples: list[float]) -> Estimate | None:
     samples = [float(s) for s in samples if s is not None]
     if not samples:
         return None
+    import numpy as np  # here, not at import: numpy and scipy.stats would cost every CLI call ~1 s
+    from scipy import stats as scipy_stats
+
     median = statistics.median(samples)
     outliers = 0  # Tukey's fences need quartiles: none below 4 samples (every sample off the median was one)
     if len(samples) >= 4:

@@ -36,7 +36,6 @@ import math
 import statistics
 from typing import Any
 
-from scipy import stats as scipy_stats
 
 DECIDE_PP = 2.0
 CONFIDENCE = 0.95
@@ -175,6 +174,8 @@ def t_interval(diffs: list[float]) -> tuple[float, float | None, float | None]:
     mean = statistics.fmean(diffs) if diffs else math.nan
     if n < 2:
         return mean, None, None
+    from scipy import stats as scipy_stats  # here, not at import: scipy.stats costs every CLI call ~1 s
+
     half = float(scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * statistics.stdev(diffs) / math.sqrt(n)
     return mean, mean - half, mean + half
 
@@ -186,6 +187,8 @@ def median_interval(diffs: list[float]) -> tuple[float, float | None, float | No
     n = len(diffs)
     median = statistics.median(diffs) if diffs else math.nan
     ordered = sorted(diffs)
+    from scipy import stats as scipy_stats  # here, not at import (t_interval says why)
+
     k = 0
     while k + 1 <= n and float(scipy_stats.binom.cdf(k, n, 0.5)) <= (1 - CONFIDENCE) / 2:
         k += 1  # P(B <= k-1) <= alpha/2 holds for the new k
