@@ -83,6 +83,14 @@ FIDELITY_WORKLOADS: tuple[tuple[str, dict[str, str]], ...] = (
     ("stream", {"duration": "0.5"}),
     ("resets", {"aborts": "3000", "refused": "3000"}),
 )
+# The smoke profile's: the same four workloads at the smallest sizes that still exercise every
+# backend's path on each (a few hundred connections, exchanges and RSTs, a fifth of a second of stream).
+SMOKE_WORKLOADS: tuple[tuple[str, dict[str, str]], ...] = (
+    ("churn", {"connections": "1000"}),
+    ("rr", {"transactions": "1000"}),
+    ("stream", {"duration": "0.2"}),
+    ("resets", {"aborts": "200", "refused": "200"}),
+)
 
 
 @dataclass(frozen=True)
@@ -95,10 +103,18 @@ class Profile:
     suite: bool = True  # the trial suite (every workload x backend); False: the sweeps alone
     toggle_scale: float = 0.0  # the toggled workloads' time caps times this (0: no toggling)
     pairings: dict[str, tuple[tuple[str, str], ...]] = dataclasses.field(default_factory=lambda: DEFAULT_PAIRINGS)
-    fidelity_only: bool = False  # the trial suite as short fidelity trials (FIDELITY_WORKLOADS)
+    fidelity_only: bool = False  # the trial suite as short fidelity trials (fidelity_workloads)
+    fidelity_workloads: tuple[tuple[str, dict[str, str]], ...] = FIDELITY_WORKLOADS
+    toggle_settings: dict[str, float | int] = dataclasses.field(default_factory=dict)  # toggle.Settings overrides
 
 
 PROFILES = {
+    "smoke": Profile("smoke", 1, 0, False, "the default's whole path at the smallest sizes (toggled churn, 3 cycles "
+                     "of 0.5 s windows; one tiny fidelity trial of every backend on every workload): proves it "
+                     "works, measures nothing worth reading (~2 minutes)",
+                     toggle_scale=10 / 270, fidelity_only=True, pairings=QUICK_PAIRINGS,
+                     fidelity_workloads=SMOKE_WORKLOADS,
+                     toggle_settings={"window_s": 0.5, "settle_s": 0.1, "warmup_s": 1.0, "min_cycles": 3}),
     "quick": Profile("quick", 1, 0, False, "toggled churn for up to 45 s, one round of fidelity trials: a smoke run",
                      toggle_scale=1 / 6, fidelity_only=True, pairings=QUICK_PAIRINGS),
     "default": Profile("default", 1, 0, False, "toggled overhead (churn up to 270 s, rr and stream up to 120 s plus what churn leaves), "
@@ -120,12 +136,13 @@ def toggle_groups(profile: Profile) -> list[Group]:
         return []
     groups = []
     for workload, params, cap_s, estimator in TOGGLED:
-        if profile.name == "quick" and workload != "churn":
+        if profile.name in ("quick", "smoke") and workload != "churn":
             continue
         pairings = profile.pairings.get(workload, profile.pairings["*"])
         observers = [arm for pairing in pairings for arm in TOGGLED_ARMS[pairing]]
         groups.append(plan_group(workload, params, observers,
-                                 Settings(max_s=cap_s * profile.toggle_scale, estimator=estimator)))
+                                 Settings(**{"max_s": cap_s * profile.toggle_scale, "estimator": estimator,
+                                             **profile.toggle_settings})))
     return groups
 
 
@@ -148,7 +165,7 @@ def cells(profile: Profile) -> list[Cell]:
     """The profile's trial cells: fidelity trials or every workload x backend setting, plus sweeps; no duplicates."""
     out = []
     if profile.suite and profile.fidelity_only:  # every backend once, for fidelity and visibility
-        out += [build_cell(w, wp, b, {}) for w, wp in FIDELITY_WORKLOADS for b in BACKENDS if b not in FLOORS]
+        out += [build_cell(w, wp, b, {}) for w, wp in profile.fidelity_workloads for b in BACKENDS if b not in FLOORS]
     elif profile.suite:
         out += [build_cell(w, wp, b, bp) for w, wp in WORKLOADS for b, bp in backend_settings(profile)]
     if profile.sweeps:

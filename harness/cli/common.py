@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ..errors import UsageError
+from ..errors import Interrupted, UsageError
 
 
 class Parser(argparse.ArgumentParser):
@@ -112,6 +112,22 @@ def progress_display(quiet: bool):
                 return
             bar.update(task, completed=done, total=total, description=message.split("] ")[-1][:60])
         yield update
+
+
+@contextlib.contextmanager
+def analysed_if_interrupted(out: Path, run_id: str):
+    """On Ctrl-C or SIGTERM inside the block, what the run saved so far (run.json is written after
+    every trial and every toggled cycle) is analysed all the same (analysis.json, report.md), then
+    the interrupt goes on to main(), which says so and exits 130."""
+    try:
+        yield
+    except Interrupted:
+        from ..report import load_run, write_outputs
+
+        saved = out / run_id
+        if (saved / "run.json").exists():
+            write_outputs(saved, load_run(saved))
+        raise
 
 
 def summary(record) -> dict[str, Any]:

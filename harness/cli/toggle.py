@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import add_command, add_measure_anyway, comma_list, positive_float, positive_int, progress_display
+from .common import add_command, add_measure_anyway, analysed_if_interrupted, comma_list, positive_float, positive_int, progress_display
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -53,6 +53,7 @@ def cmd_toggle(args: argparse.Namespace) -> int:
     """Run `tpbench toggle`: one toggled group per workload, then the outputs and verdict; 1 unless all completed."""
     from ..backends import get_backend
     from ..params import parse_assignments, split_for_plugins
+    from ..record import new_run_id
     from ..report import print_verdict, write_outputs
     from ..runner import execute
     from ..toggle import Settings, plan_group
@@ -64,9 +65,10 @@ def cmd_toggle(args: argparse.Namespace) -> int:
     settings = Settings(window_s=args.window, settle_s=args.settle, min_cycles=args.min_cycles, max_s=args.max_s,
                         estimator=args.estimator)
     groups = [plan_group(w, routed[w], [(b, routed[b]) for b in args.backend], settings) for w in args.workload]
-    with progress_display(args.quiet) as progress:
+    run_id = new_run_id()
+    with analysed_if_interrupted(args.out, run_id), progress_display(args.quiet) as progress:
         record = execute([], 1, args.out, progress=progress, toggle=groups, meta={"mode": "toggle"},
-                         measure_anyway=args.measure_anyway)
+                         run_id=run_id, measure_anyway=args.measure_anyway)
     analysis = write_outputs(record.directory, record.data)
     if args.json:
         json.dump({"run_id": record.data["run_id"], "run_json": str(record.path), "headline": analysis["headline"],
