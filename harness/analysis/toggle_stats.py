@@ -160,6 +160,8 @@ def _stalls_exogenous(costs: list[dict[str, Any]]) -> bool:
     if not total:
         return False
     worst = max(counts.values())
+    from scipy import stats as scipy_stats  # here, not at import (t_interval says why)
+
     return float(scipy_stats.binom.sf(worst - 1, total, 1 / arms)) * arms >= STALL_P  # Bonferroni over arms
 
 
