@@ -15,6 +15,7 @@ import gzip
 import importlib.util
 import os
 import platform
+import re
 import shutil
 import struct
 from dataclasses import asdict, dataclass, field
@@ -69,22 +70,17 @@ def resolve_functions(names: tuple[str, ...] | list[str], kallsyms: str | None =
             kallsyms = Path("/proc/kallsyms").read_text()
         except OSError:
             kallsyms = ""
-    wanted = set(names)
     exact: set[str] = set()
     clones: dict[str, list[str]] = {}
-    for line in kallsyms.splitlines():
-        parts = line.split()
-        if len(parts) < 3 or parts[1] not in "TtWw":
-            continue
-        symbol = parts[2]
-        if symbol in wanted:
-            exact.add(symbol)
-            continue
-        for suffix in CLONE_SUFFIXES:
-            base = symbol.split(suffix, 1)[0]
-            if base != symbol and base in wanted:
-                clones.setdefault(base, []).append(symbol)
-                break
+    # one regular-expression scan for the wanted names (longest first, so a name that is another's
+    # prefix is not taken for it), not a split of each of the table's ~200,000 lines (0.6 s a run)
+    alternatives = "|".join(re.escape(n) for n in sorted(set(names), key=len, reverse=True))
+    for found in re.finditer(rf"^\S+ [TtWw] ({alternatives})(\S*)", kallsyms, re.MULTILINE) if names else ():
+        base, rest = found.groups()
+        if not rest:
+            exact.add(base)
+        elif rest.startswith(CLONE_SUFFIXES):
+            clones.setdefault(base, []).append(base + rest)
     result = {}
     for name in names:
         found = tuple(sorted(set(clones.get(name, ()))))

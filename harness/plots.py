@@ -10,12 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-
-from .analysis.stats import decided  # noqa: E402
+from .analysis.stats import decided
 
 PNG_METADATA = {"Software": None}  # matplotlib writes its version otherwise
 DPI = 100
@@ -24,11 +19,23 @@ DECIDED, UNDECIDED = "#3b75af", "#c4c4c4"
 SCALE = {"byte": (1e6, "CPU µs per MB", "throughput, MB/s", 1e-6)}
 
 
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, imported when a plot is drawn (it costs ~0.9 s: a
+    report without plots, and every other tpbench command, never pays it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_sweep(sweep: dict[str, Any], path: Path) -> None:
     """One sweep's PNG at `path`: CPU per operation and overhead against the measured rate, with 95% CI bands
     and the tracepoint/pcap crossover shaded."""
     factor, cpu_label, rate_label, rate_factor = SCALE.get(
         sweep["operation"], (1.0, f"CPU µs per {sweep['operation']}", f"measured {sweep['operation']}s/s", 1.0))
+    plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for setting, pts in sorted(sweep["lines"].items()):
         pts = sorted(pts, key=lambda p: p["rate"])  # a line along the measured rate
@@ -79,6 +86,7 @@ def plot_overheads(analysis: dict[str, Any], keys: list[str], path: Path) -> boo
     if not panels:
         return False
     height = sum(0.35 * len(b) + 0.9 for _, b in panels)
+    plt = _pyplot()
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, max(2.5, height)), squeeze=False)
     for axis, (key, bars) in zip(axes[:, 0], panels):
         names = [b[0] for b in bars]

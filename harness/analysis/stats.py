@@ -93,17 +93,21 @@ def estimate(samples: list[float]) -> Estimate | None:
     samples = [float(s) for s in samples if s is not None]
     if not samples:
         return None
-    import numpy as np  # here, not at import: numpy and scipy.stats would cost every CLI call ~1 s
-    from scipy import stats as scipy_stats
-
+    # numpy and scipy.stats are imported here, where a run of 4 or more samples needs them, not
+    # at import: they would cost every tpbench command ~1.5 s (a one-trial run never needs them)
     median = statistics.median(samples)
     outliers = 0  # Tukey's fences need quartiles: none below 4 samples (every sample off the median was one)
     if len(samples) >= 4:
+        import numpy as np
+
         q1, q3 = np.percentile(samples, [25, 75])
         outliers = sum(1 for s in samples if s < q1 - 1.5 * (q3 - q1) or s > q3 + 1.5 * (q3 - q1))
     if len(samples) < 3 or len(set(samples)) == 1:
         low = high = (median if len(set(samples)) == 1 and len(samples) >= 3 else None)
         return Estimate(median, low, high, len(samples), outliers)
+    import numpy as np
+    from scipy import stats as scipy_stats
+
     result = scipy_stats.bootstrap(
         (np.asarray(samples),), np.median, confidence_level=CONFIDENCE, n_resamples=RESAMPLES,
         method="percentile", random_state=np.random.default_rng(SEED),
