@@ -18,7 +18,9 @@ to), per transition and event kind, summed over the cell's ok trials:
 
 `inexact` declarations carry the workload's reason instead of a number; kinds no declaration
 mentions are listed as "not declared" with what was seen. Kinds or transitions a backend declares
-it cannot see (details.invisible) are "invisible", never "missing".
+it cannot see (details.invisible) are "invisible", never "missing", and the kernel checks leave
+them out: a declaration covers a name by itself or by its whole kind (`state_change` covers every
+transition; declared_invisible decides it, for every such skip).
 
 Matching here is by totals per trial, side and kind/transition; harness/flowmatch.py matches a
 sample of flows one by one (4-tuple and time) where the workload and the observer keep them.
@@ -33,7 +35,10 @@ from __future__ import annotations
 from typing import Any
 
 from .stats import BASELINE, cell_label, setting_label, workload_key
-from ..tcp import CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT2, LISTEN, SIDES, SYN_RECV, SYN_SENT, arrow
+from ..tcp import (CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, EVENT_KINDS, FIN_WAIT2, KIND_STATE_CHANGE, LISTEN, SIDES,
+                   SYN_RECV, SYN_SENT, arrow)
+
+STATE_CHANGE = EVENT_KINDS[KIND_STATE_CHANGE]
 
 # Precedence when a name has several declarations (synack's server declares synack_retransmit
 # at_least, equals_nstat and inexact): an exact count beats a bound beats a reason.
@@ -72,6 +77,31 @@ def invisible_names(details: dict[str, Any]) -> dict[str, str]:
             if name:
                 out[name] = reason
     return out
+
+
+def kind_of(name: str) -> str:
+    """The event kind a row or check name belongs to: a transition ("FIN_WAIT2->CLOSE") is a
+    state_change, a kind ("reset_sent") is itself."""
+    return STATE_CHANGE if "->" in name else name
+
+
+def declared_invisible(name: str, invisible: dict[str, str]) -> str | None:
+    """The backend's reason for not seeing `name` (a kind or a transition), None where it claims to.
+
+    `invisible` is invisible_names(details). A declaration covers a name by the name itself or by
+    its whole kind: a peer declaring `state_change` invisible (tcplife, tcpretrans) cannot see
+    FIN_WAIT2->CLOSE either. A qualified key ("reset_sent (socketless)") hides only part of a kind
+    and covers nothing here: partly_invisible says so.
+    """
+    for key in (name, kind_of(name)):
+        if key in invisible:
+            return invisible[key]
+    return None
+
+
+def partly_invisible(name: str, invisible: dict[str, str]) -> bool:
+    """A qualified declaration ("reset_sent (socketless)") hides part of `name` or of its kind."""
+    return any(key.startswith(f"{k} (") for k in {name, kind_of(name)} for key in invisible)
 
 
 def lost_unit(details: dict[str, Any]) -> str:
@@ -136,8 +166,9 @@ def _row(trials: list[dict[str, Any]], side: str, category: str, name: str) -> d
         reported = name in counts
         seen = int(counts.get(name, 0))
         row["seen"] += seen
-        if not reported and name in invisible:  # the backend says it cannot see this: not missing
-            row["invisible"] = invisible[name]
+        reason = None if reported else declared_invisible(name, invisible)
+        if reason is not None:  # the backend says it cannot see this: not missing
+            row["invisible"] = reason
             continue
         decl = _declarations(((trial.get("ground_truth") or {}).get("expected") or {}).get(side) or {}, category, name)
         kind = next((k for k in DECLARATION_ORDER if k in decl), None)
@@ -180,16 +211,17 @@ def _kernel_checks(trials: list[dict[str, Any]], side: str) -> list[dict[str, An
     for names, counter, relation, why in KERNEL_CHECKS:
         seen = counted = 0
         compared = 0
-        partly_invisible = False  # e.g. "reset_sent (socketless)": the counter then bounds what is seen
+        partly = False  # e.g. "reset_sent (socketless)": the counter then bounds what is seen
         for trial in trials:
             nstat = ((trial.get("ground_truth") or {}).get("nstat") or {}).get(side) or {}
             if counter not in nstat:
                 continue
             invisible = invisible_names((trial.get("observed") or {}).get("details") or {})
             counts = {**_side_counts(trial, side, "event"), **_side_counts(trial, side, "transition")}
-            if not any(n in counts for n in names) and any(n in invisible for n in names):
-                continue  # the backend declares it cannot see these
-            partly_invisible = partly_invisible or any(k.startswith(f"{n} (") for n in names for k in invisible)
+            if not any(n in counts for n in names) and any(declared_invisible(n, invisible) is not None
+                                                        for n in names):
+                continue  # the backend declares it cannot see these (by name, or their whole kind)
+            partly = partly or any(partly_invisible(n, invisible) for n in names)
             seen += sum(int(counts.get(n, 0)) for n in names)
             counted += int(nstat[counter])
             compared += 1
@@ -200,8 +232,8 @@ def _kernel_checks(trials: list[dict[str, Any]], side: str) -> list[dict[str, An
             out.append({"side": side, "observed": " + ".join(names), "counter": counter, "relation": relation,
                         "why": why, "seen": seen, "counted": counted, "difference": seen - counted,
                         "trials": compared, "offloads_on": offloads or None,
-                        "partly_invisible": partly_invisible,
-                        "shortfall": max(0, counted - seen) if relation == "equal" and not partly_invisible else None})
+                        "partly_invisible": partly,
+                        "shortfall": max(0, counted - seen) if relation == "equal" and not partly else None})
     return out
 
 

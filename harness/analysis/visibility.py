@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from .attribution import cell_attribution
-from .fidelity import invisible_names, observes_nothing
+from .fidelity import declared_invisible, invisible_names, observes_nothing
 from .stats import BASELINE, cell_label, setting_label
 
 from ..tcp import EVENT_KINDS, LIFE_ORDER as STATES, NEW_SYN_RECV, ends
@@ -61,13 +61,13 @@ def _cell_value(trials: list[tuple[dict[str, Any], dict[str, Any]]], backend: st
     declared_n = reported_k = 0
     expected_total = seen_total = 0
     evidence = None
-    declared_invisible = None
+    backend_declared = None
     undeclared_reports = []
     for cell, trial in trials:
         details = (trial.get("observed") or {}).get("details") or {}
-        invisible = invisible_names(details)
-        if name in invisible and declared_invisible is None:
-            declared_invisible = (invisible[name], _evidence(cell, trial))
+        reason = declared_invisible(name, invisible_names(details))  # by name or by its kind
+        if reason is not None and backend_declared is None:
+            backend_declared = (reason, _evidence(cell, trial))
         sides = (trial.get("observed") or {}).get("sides") or {}
         expected = (trial.get("ground_truth") or {}).get("expected") or {}
         nstat = (trial.get("ground_truth") or {}).get("nstat") or {}
@@ -91,7 +91,7 @@ def _cell_value(trials: list[tuple[dict[str, Any], dict[str, Any]]], backend: st
                 evidence = evidence or _evidence(cell, trial)
     if declared_n:
         if reported_k == 0:
-            reason = declared_invisible[0] if declared_invisible else None
+            reason = backend_declared[0] if backend_declared else None
             first = next(_evidence(c, t) for c, t in trials if _declared_in(t, category, name))
             return {"status": "invisible", "text": f"invisible (0/{declared_n})", "k": 0, "n": declared_n,
                     "evidence": first, "reason": reason}
@@ -108,9 +108,9 @@ def _cell_value(trials: list[tuple[dict[str, Any], dict[str, Any]]], backend: st
         return {"status": "seen (not declared)",
                 "text": f"seen, not declared (in {len(dict.fromkeys(undeclared_reports))} trials)",
                 "evidence": undeclared_reports[0]}
-    if declared_invisible:
-        return {"status": "invisible", "text": "invisible (declared by the backend)", "reason": declared_invisible[0],
-                "evidence": declared_invisible[1]}
+    if backend_declared:
+        return {"status": "invisible", "text": "invisible (declared by the backend)", "reason": backend_declared[0],
+                "evidence": backend_declared[1]}
     return {"status": "not measured", "text": "not measured", "evidence": None}
 
 
