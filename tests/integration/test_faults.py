@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from harness.system import read_sysctl
-from tests.helpers import REPO, TPBENCH, leftovers, tpbench, wait_for
+from tests.helpers import REPO, leftovers, measuring, tpbench, wait_for
 
 pytestmark = pytest.mark.root
 
 
 def _start(out: Path, connections: int, trials: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [*TPBENCH, "run", "-w", "churn", "-p", f"connections={connections}", "-n", str(trials), "-o", str(out)],
+        [*measuring("run"), "-w", "churn", "-p", f"connections={connections}", "-n", str(trials), "-o", str(out)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -120,7 +120,7 @@ def test_sigkill_at_a_random_point_leaves_nothing_after_cleanup(tmp_path, iterat
     rng = random.Random(iteration)
     stats_before, programs_before = read_sysctl("kernel.bpf_stats_enabled"), _our_programs()
     run = subprocess.Popen(
-        [*TPBENCH, "run", "-b", "tracepoint,pcap", "-w", "churn", "-p", "connections=20000", "-n", "3",
+        [*measuring("run"), "-b", "tracepoint,pcap", "-w", "churn", "-p", "connections=20000", "-n", "3",
          "-q", "-o", str(tmp_path)],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

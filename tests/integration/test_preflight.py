@@ -12,7 +12,7 @@ import pytest
 
 from harness import preflight
 from harness.system import tracefs_mounted
-from tests.helpers import REPO, TPBENCH, tpbench, wait_for
+from tests.helpers import REPO, measuring, tpbench, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -31,7 +31,8 @@ def test_a_bpftrace_one_liner_on_the_hook_is_refused_unless_measured_anyway(tmp_
         try:
             # ready when the kernel shows its program on the hook (bpftrace's own line comes first)
             wait_for(lambda: preflight.foreign_programs()[0], 60, "bpftrace's program on inet_sock_set_state")
-            refused = tpbench("run", "-q", "-b", "tracepoint", "-p", "connections=200", "-o", str(tmp_path / "refused"))
+            refused = tpbench("run", "-q", "-b", "tracepoint", "-p", "connections=200", "-o", str(tmp_path / "refused"),
+                              measure_anyway=False)
             assert refused.returncode == 2, refused.stderr
             [line] = refused.stderr.strip().splitlines()
             assert line.startswith("tpbench: error: this host is not fit to measure: a BPF program of another "
@@ -57,7 +58,7 @@ def test_a_cpu_hog_is_reported_with_its_busy_share_and_refused(tmp_path):
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         wait_for(lambda: preflight._cpu_sample(0.2)["busy_share"] > 0.3, 10, "the hog to run")
-        refused = tpbench("run", "-q", "-p", "connections=200", "-o", str(tmp_path / "refused"))
+        refused = tpbench("run", "-q", "-p", "connections=200", "-o", str(tmp_path / "refused"), measure_anyway=False)
         anyway = tpbench("run", "-p", "connections=200", "-o", str(tmp_path / "anyway"), "--measure-anyway")
     finally:
         hog.kill()
@@ -81,7 +82,7 @@ def test_an_orphaned_agent_is_a_leftover_until_cleanup_kills_it(tmp_path):
                      "echo $!"], capture_output=True, text=True, check=True)
     orphan = int(launcher.stdout.strip())
     try:
-        refused = tpbench("run", "-q", "-p", "connections=200", "-o", str(tmp_path))
+        refused = tpbench("run", "-q", "-p", "connections=200", "-o", str(tmp_path), measure_anyway=False)
         assert refused.returncode == 2, refused.stderr
         [line] = refused.stderr.strip().splitlines()
         assert f"an earlier run left process {orphan} (" in line and line.endswith("run `tpbench cleanup` first"), line
@@ -99,7 +100,7 @@ def _run_with_peak_rss(tmp_path, connections: int) -> tuple[dict, int, float]:
     """A churn run, its summary, its peak RSS in KiB (wait4: the run and every agent it reaped;
     RUSAGE_CHILDREN would be the largest of every process this session reaped) and its wall time."""
     started = time.monotonic()
-    run = subprocess.Popen([*TPBENCH, "run", "-b", "none", "-w", "churn", "-p", f"connections={connections}", "-q",
+    run = subprocess.Popen([*measuring("run"), "-b", "none", "-w", "churn", "-p", f"connections={connections}", "-q",
                             "--json", "-o", str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
     stdout, stderr = run.stdout.read(), run.stderr.read()  # -q: stderr holds one line at most

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import measuring
 from tests.host import BLIND_CONNECTIONS, HiddenTails
 
 pytestmark = pytest.mark.root
@@ -20,7 +21,7 @@ def run_dir(tmp_path_factory):
         pytest.skip("needs root (network namespaces, BPF)")
     out = tmp_path_factory.mktemp("report")
     done = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "run", "-b", "none,tracepoint,pcap", "-w", "churn,resets",
+        [*measuring("run"), "-b", "none,tracepoint,pcap", "-w", "churn,resets",
          "-p", "connections=2000,aborts=1000,refused=1000", "-n", "3", "-o", str(out), "-q"],
         capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
