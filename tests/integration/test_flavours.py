@@ -4,6 +4,7 @@ raw_tp and tp_btf read every field through TP_PROTO's pointers at BTF offsets; w
 the classic tracepoints ride along as witnesses and compare each event field by field. Each
 flavour the capability probe refuses is skipped with the probe's own reason."""
 
+import functools
 import json
 
 import pytest
@@ -14,7 +15,9 @@ from tests.host import BLIND_CONNECTIONS, HiddenTails
 pytestmark = pytest.mark.root
 
 
+@functools.cache
 def _probe() -> dict:
+    """The capability probe as the CLI gives it (once per module: it loads a program per flavour)."""
     result = tpbench("kernel", "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["capabilities"]
@@ -83,22 +86,27 @@ def test_churn_fields_read_through_pointers_match_the_classic_tracepoint_event_b
 @pytest.mark.parametrize("flavour", ["raw_tp", "tp_btf"])
 def test_at_the_top_churn_rate_every_skipped_run_is_rescued_and_every_transition_seen(tmp_path, flavour):
     """40,000 connections as fast as the C generator goes (the issue's top rate): softirq events
-    nest inside process-context ones and the kernel skips tens of primary runs; each must be
-    rescued once, never twice, so the only loss left is the ring's (counted) and no declared
-    transition is seen more often than it happened."""
+    nest inside process-context ones and the kernel skips primary runs (tens of them here); each
+    must be rescued once, never twice, so the only loss left is the ring's (counted): every
+    declared transition and destroy is seen as often as it happened, less that counted loss and
+    the few tails this host hides from every BPF program (tests/host.py), and never more often."""
     _needs(flavour)
     trial = _trial(tmp_path, "churn", "connections=40000", f"flavour={flavour}")
     observed, details = trial["observed"], trial["observed"]["details"]
+    # the rescue was exercised (a run with no skipped program would prove nothing), and took each once
+    assert details["recursion_misses"] > 0, details
     assert details["rescued"] == details["recursion_misses"], details
     assert details["lost_recursion"] == 0 and observed["lost"] == details["lost_output"], details
     assert details["staged_taken"] == details["staged_at_detach"] and details["consumer_bad_records"] == 0
+    tails = HiddenTails(counted=observed["lost"])  # the ring's counted loss, spent once over every count
     for side in ("client", "server"):
         expected = trial["ground_truth"]["expected"][side]
         seen = observed["sides"][side]
         assert set(seen["transitions"]) <= set(expected["transitions"]), side
-        for transition, count in seen["transitions"].items():
-            assert count <= expected["transitions"][transition], (side, transition)  # a rescue twice
-        assert seen["events"]["sock_destroy"] <= expected["events"]["sock_destroy"], side
+        for transition, count in expected["transitions"].items():
+            # at most declared (a rescue taken twice would exceed it), at least declared less loss
+            tails.check(seen["transitions"].get(transition, 0), count, what=(side, transition))
+        tails.check(seen["events"]["sock_destroy"], expected["events"]["sock_destroy"], what=(side, "sock_destroy"))
 
 
 @pytest.mark.parametrize("flavour", ["raw_tp", "tp_btf"])

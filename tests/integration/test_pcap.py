@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from scapy.layers.inet import TCP
-from scapy.utils import PcapReader
+from scapy.layers.l2 import Ether
+from scapy.utils import RawPcapReader
 
 from harness.analysis import flowmatch
 from harness.backends import BACKENDS
@@ -100,20 +101,33 @@ def _independent_capture(topology: Topology, path: Path) -> subprocess.Popen:
     return process
 
 
+PCAP_FILE_HEADER = 24  # bytes, before the first record
+DLT_EN10MB = 1  # a veth's link type: Ethernet
+
+
 def _captured(path: Path) -> int:
-    """Packets in a capture file tcpdump is still writing (a record cut short is not counted)."""
-    try:
-        return _count(path)["captured"]
-    except Exception:  # scapy on a half-written record: not yet
+    """Packets in a capture file tcpdump is still writing: none while its file header is not all
+    out (with -U tcpdump flushes it before it says it is listening), and a last record cut short is
+    not counted yet. Anything else wrong with the file (no file, a bad header, a record that is not
+    TCP) fails the test."""
+    if path.stat().st_size < PCAP_FILE_HEADER:
         return 0
+    return _count(path, growing=True)["captured"]
 
 
-def _count(path: Path) -> dict[str, int]:
+def _count(path: Path, growing: bool = False) -> dict[str, int]:
+    """SYN, SYN-ACK, FIN and RST packets in a capture file, decoded by scapy. growing: tcpdump may
+    be writing the last record, which ends the count if it holds fewer bytes than its header says;
+    otherwise every record must be whole."""
     counts = {"captured": 0, "syn": 0, "synack": 0, "fin": 0, "rst": 0}
-    with PcapReader(str(path)) as reader:
-        for packet in reader:
+    with RawPcapReader(str(path)) as reader:
+        assert reader.linktype == DLT_EN10MB, reader.linktype
+        for data, meta in reader:  # a record header cut short ends the iteration (scapy's EOFError)
+            if len(data) < meta.caplen:
+                assert growing, f"{path}: record {counts['captured'] + 1} is cut short in a finished capture"
+                break
             counts["captured"] += 1
-            flags = int(packet[TCP].flags)
+            flags = int(Ether(data)[TCP].flags)  # the reference captures TCP only: anything else fails here
             if flags & 0x02:
                 counts["synack" if flags & 0x10 else "syn"] += 1
             counts["fin"] += bool(flags & 0x01)

@@ -4,6 +4,7 @@ workload's declaration. Emulated here (KVM guests hang): ~45 s boot, ~2.5 min pe
 so one VM, one trial per backend, aggregate mode (the counts are the point, not the cost)."""
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -18,6 +19,11 @@ needs_kernel = pytest.mark.skipif(not KERNELS, reason="no /boot/vmlinuz-6.1.*-am
                                   "linux-image-amd64)")
 # Debian's two kernels on either side of 6.7, where trace_call_bpf() began counting its misses
 SERIES = {"6.1": KERNELS, "6.12": sorted(Path("/boot").glob("vmlinuz-6.12.*-amd64"))}
+# hook -> the function its kprobe is on, on both of Debian's kernels (no clone, nothing inlined)
+DEBIAN_FUNCTIONS = {"state": "tcp_set_state", "state_other": "inet_sk_set_state", "listen": "inet_csk_listen_start",
+                    "retransmit": "__tcp_retransmit_skb", "synack": "tcp_rtx_synack", "send_reset": "tcp_v4_send_reset",
+                    "active_reset": "tcp_send_active_reset", "receive_reset": "tcp_reset",
+                    "destroy": "tcp_v4_destroy_sock", "probe": "tcp_rcv_established"}
 
 
 def _our_qemus() -> list[str]:
@@ -47,6 +53,8 @@ def test_kprobe_in_a_vm_sees_exactly_the_transitions_the_tracepoint_sees_on_chur
     assert record["vm"]["release"] == release and Path(summary["run_json"]).parent.name.endswith(f"-vm-{release}")
     if record["vm"]["emulated"]:
         assert "emulated" in record["vm"]["timings"]
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):  # looked at here: without KVM a guest can only be emulated
+        assert record["vm"]["emulated"] is True, record["vm"]
     assert record["vm"]["boot_attempts"] in (1, 2)  # a boot that never started is tried once more
     cells = {cell["backend"]: cell for cell in summary["cells"]}
     trials = {}
@@ -66,13 +74,13 @@ def test_kprobe_in_a_vm_sees_exactly_the_transitions_the_tracepoint_sees_on_chur
             assert observed["lost"] is None and details["lost_recursion"] is None
             assert details["loss_method"].startswith("unknown: this kernel"), details["loss_method"]
         elif backend == "kprobe":
-            # 6.7+: every skip is counted, the kprobe layer's (nmissed) and trace_call_bpf's
-            assert observed["lost"] == details["lost_output"] + details["lost_recursion"] + sum(
-                details["kprobe_missed"].values())
+            # 6.7+: every skip is counted, the kprobe layer's (nmissed) and trace_call_bpf's: held
+            # below to the declaration (every transition missing is in the count), and here to the
+            # kprobe layer's own count, which the loss must include
+            assert observed["lost"] >= sum(details["kprobe_missed"].values()), details
         else:
             # the default flavour, raw_tp, runs through __bpf_trace_run, which counts (6.0+)
             assert details["flavour"] == "raw_tp"
-            assert observed["lost"] == details["lost_output"] + details["lost_recursion"]
         # 6.1 does not count the events trace_call_bpf skips while another BPF program runs on the
         # CPU (bpf_prog_active; counted from 6.7): a softirq arriving during a program run loses
         # its events silently, for every kprobe and tracepoint program alike. Under emulation a
@@ -87,6 +95,8 @@ def test_kprobe_in_a_vm_sees_exactly_the_transitions_the_tracepoint_sees_on_chur
                 missing += count - seen[name]
         shortfall[backend] = missing
         assert missing <= 0.005 * 10 * connections, (backend, missing)
+        if observed["lost"] is not None:  # a kernel that counts every skip: nothing missing uncounted
+            assert missing <= observed["lost"], (backend, missing, observed["lost"], details.get("loss_method"))
         assert observed["details"]["bpf_stats"]["ns_per_event"] > 0
     # The kprobe's reads agree with the tracepoints' on the same events of the same traffic: every
     # state change the tracepoint saw in the kprobe's trial, the kprobe saw, field for field. A kprobe
@@ -99,16 +109,19 @@ def test_kprobe_in_a_vm_sees_exactly_the_transitions_the_tracepoint_sees_on_chur
     details = trials["kprobe"]["observed"]["details"]
     fidelity = details["fidelity"]
     assert fidelity["checked"] and fidelity["errors"] == [], fidelity
-    assert set(details["kprobe_missed"]) == set(details["functions"].values())
+    # the ten hooks' functions on Debian's 6.1 and 6.12 (each in their /proc/kallsyms, as the VM
+    # records of both kernels in results/ show), each with its kprobe's miss count read
+    assert details["functions"] == DEBIAN_FUNCTIONS, details["functions"]
+    assert set(details["kprobe_missed"]) == set(DEBIAN_FUNCTIONS.values())
     assert "nmissed per kprobe" in details["loss_method"]
     assert ("probable_silent_loss" in fidelity) == (series == "6.1"), fidelity
     silent = fidelity.get("probable_silent_loss", {})
     assert sum(silent.values()) <= 0.005 * 10 * connections, silent
     states = fidelity["per_kind"]["state_change"]
     assert states["matched"] == trials["kprobe"]["observed"]["events"]["state_change"] - states["kprobe_only"]
-    if series == "6.1":
-        assert states["tracepoint_only"] + states["kprobe_only"] == silent.get("state_change", 0)
-    else:
+    # what the witness alone saw is missing from the kprobe's counts against the declaration
+    assert states["tracepoint_only"] <= shortfall["kprobe"], (states, shortfall)
+    if series != "6.1":
         assert states["kprobe_only"] == 0 and states["tracepoint_only"] <= trials["kprobe"]["observed"]["lost"]
     assert not states["fields_differing"]
     destroys = fidelity["per_kind"]["sock_destroy"]
@@ -118,7 +131,6 @@ def test_kprobe_in_a_vm_sees_exactly_the_transitions_the_tracepoint_sees_on_chur
     assert check["ns_per_event_ratio"] is not None
     if not check["counts_equal"]:
         assert sum(shortfall.values()) > 0, check["differences"]
-    assert trials["kprobe"]["observed"]["details"]["functions"]["state"] == "tcp_set_state"
     assert not _our_qemus()
 
 
