@@ -40,22 +40,6 @@ def test_churn_of_1000_connections_matches_the_kernel_counters_exactly(tmp_path)
     assert leftovers() == before
 
 
-def test_the_suite_toggles_then_runs_fidelity_trials_and_prints_the_answer(tmp_path):
-    # the quick profile: the default's shape (toggled churn, then one trial of every backend) in ~2 min
-    result = tpbench("bench", "--profile", "quick", "-q", "-o", str(tmp_path), timeout=600)
-    assert result.returncode == 0, result.stderr
-    assert "do tracepoints beat libpcap here?" in result.stdout and "A/A control" in result.stdout
-    [run] = list(tmp_path.iterdir())
-    record = json.loads((run / "run.json").read_text())
-    assert record["status"] == "complete"
-    [toggled] = record["toggle"]
-    assert toggled["workload"] == "churn" and toggled["status"] == "complete" and toggled["cycles"] >= 8
-    assert {c["backend"] for c in record["cells"]} >= {"none", "tracepoint", "pcap"}
-    analysis = json.loads((run / "analysis.json").read_text())
-    [headline] = analysis["headline"]
-    assert headline["level"] == "state" and headline["consumer"] == "c" and headline["method"] == "toggle"
-
-
 def test_a_run_writes_its_analysis_and_pytest_benchmark_json(tmp_path):
     result = tpbench("run", "-b", "none,tracepoint", "-w", "churn", "-p", "connections=2000", "-n", "3",
                      "-q", "-o", str(tmp_path))

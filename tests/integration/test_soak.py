@@ -12,7 +12,7 @@ from tests.helpers import leftovers_of_runs, tpbench
 
 pytestmark = pytest.mark.root
 
-RUNS = int(os.environ.get("TPBENCH_SOAK_RUNS", "5"))
+RUNS = int(os.environ.get("TPBENCH_SOAK_RUNS", "3"))
 
 
 def _meminfo_kib(field: str) -> int:
