@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.analysis.stats import foreign_trial
 from tests.helpers import headers_kind, leftovers, tpbench
 
 pytestmark = pytest.mark.root
@@ -48,8 +49,18 @@ def test_a_run_writes_its_analysis_and_pytest_benchmark_json(tmp_path):
     analysis = json.loads((run_dir / "analysis.json").read_text())
     [workload] = analysis["workloads"].values()
     assert workload["baseline"] == "churn/none"
-    overhead = workload["cells"]["churn/tracepoint"]["overhead"]["cpu_per_op"]
-    assert overhead["diff"]["n"] == 3 and overhead["diff"]["low"] <= overhead["diff"]["high"]
+    # a round in which a neighbour used more than FOREIGN_TRIAL_LIMIT of the CPUs is left out of
+    # the pairing (and counted): on a quiet host all 3 are paired
+    record = json.loads((run_dir / "run.json").read_text())
+    disturbed = {i for cell in record["cells"] for i, t in enumerate(cell["trials"]) if foreign_trial(t)}
+    tracepoint = workload["cells"]["churn/tracepoint"]
+    assert tracepoint["excluded_foreign"] == sum(foreign_trial(t) for c in record["cells"] if c["backend"] == "tracepoint"
+                                                 for t in c["trials"])
+    overhead = tracepoint["overhead"].get("cpu_per_op")
+    if not disturbed:
+        assert overhead["diff"]["n"] == 3 and overhead["diff"]["low"] <= overhead["diff"]["high"]
+    elif overhead is not None:  # paired only in the rounds left: no interval below 3
+        assert overhead["diff"]["n"] == 3 - len(disturbed), (overhead, disturbed)
     bench = json.loads((run_dir / "benchmark.json").read_text())
     assert {b["name"] for b in bench["benchmarks"]} == {"churn/none", "churn/tracepoint"}
     assert all(b["stats"]["rounds"] == 3 for b in bench["benchmarks"])
