@@ -109,11 +109,17 @@ def test_state_peers_report_every_churn_transition_or_its_loss(smoke, backend):
         # least one program was found), and what the workload declared but no one saw
         assert details["programs"]["programs"] >= 1, details["programs"]
         assert observed["lost"] >= max(details["lost_reported_by_tool"], details["programs"]["recursion_misses"])
+        # The tools watch the whole host: beside the foreign churn, what they count as lost (a
+        # full ring's dropped samples, a skipped run) is the host's, the foreign events' included,
+        # so it covers what the trial is missing and may exceed it (measured: 3,110 lost for 2,960
+        # missing). Nothing is seen more often than it happened.
+        missing = total_expected - total_seen
+        assert missing >= 0, (total_expected, total_seen)
         if backend == "bpftrace":  # counts in a kernel map: a run either counts or is a counted miss
             # (or, on these hosts, never happens: tests/host.py)
-            assert 0 <= total_expected - total_seen - observed["lost"] <= 3 * BLIND_CONNECTIONS
+            assert missing - observed["lost"] <= 3 * BLIND_CONNECTIONS, (missing, observed["lost"])
         else:  # a printed line per event: what is neither printed nor counted would be silent loss
-            assert 0 <= total_expected - total_seen - observed["lost"] <= 0.01 * total_expected
+            assert missing - observed["lost"] <= 0.01 * total_expected, (missing, observed["lost"])
     else:
         assert observed["lost"] is None and "before 6.7" in details["loss_method"]
 
