@@ -13,7 +13,6 @@ import platform
 import statistics
 from typing import Any
 
-import numpy as np
 
 from .. import __version__
 from .stats import cell_label, workload_key
@@ -21,7 +20,11 @@ from .stats import cell_label, workload_key
 
 def _stats(samples: list[float]) -> dict[str, Any]:
     data = sorted(samples)
-    q1, q3 = (np.percentile(data, [25, 75]) if len(data) > 1 else (data[0], data[0]))
+    q1 = q3 = data[0]
+    if len(data) > 1:
+        import numpy as np  # here, not at import: a one-round run's report needs no numpy
+
+        q1, q3 = np.percentile(data, [25, 75])
     iqr = q3 - q1
     mean = statistics.fmean(data)
     stddev = statistics.stdev(data) if len(data) > 1 else 0.0

@@ -93,8 +93,8 @@ def estimate(samples: list[float]) -> Estimate | None:
     samples = [float(s) for s in samples if s is not None]
     if not samples:
         return None
-    # numpy and scipy.stats are imported here, where a run of 4 or more samples needs them, not
-    # at import: they would cost every tpbench command ~1.5 s (a one-trial run never needs them)
+    # numpy and scipy.stats are imported here, where 3 or more samples need them (quartiles from
+    # 4), not at import: they would cost every tpbench command ~1.5 s (a one-trial run never needs them)
     median = statistics.median(samples)
     outliers = 0  # Tukey's fences need quartiles: none below 4 samples (every sample off the median was one)
     if len(samples) >= 4:
