@@ -126,7 +126,10 @@ def analysed_if_interrupted(out: Path, run_id: str):
 
         saved = out / run_id
         if (saved / "run.json").exists():
-            write_outputs(saved, load_run(saved))
+            try:
+                write_outputs(saved, load_run(saved))
+            except Exception as exc:  # the interrupt, not the analysis, is what the user is told of last
+                print(f"tpbench: the interrupted run could not be analysed: {exc}", file=sys.stderr)
         raise
 
 
